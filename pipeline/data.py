@@ -1,0 +1,266 @@
+"""CIFAR-10: fetch and verify the official python archive, convert it once to uint8 tensors, batch it.
+
+The archive is read member by member straight from the tarball (nothing is extracted to disk), and
+every file this module writes appears under its final name only when complete, so an interrupted or
+failed run leaves nothing half-written. Errors are DataError with a one-line message for the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+from torchvision.datasets.utils import calculate_md5
+from tqdm import tqdm
+
+ARCHIVE_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+IMAGES_PER_BATCH = 10_000
+NUM_CLASSES = 10
+
+
+class DataError(RuntimeError):
+    """A data problem the user can fix; the message says what happened and what to do."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8, N x 3 x 32 x 32
+    labels: torch.Tensor  # int64, N
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    train: Split
+    test: Split
+    classes: tuple[str, ...]
+
+
+# --- fetching ----------------------------------------------------------------------------------
+
+
+def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
+    """Make `dest` a verified copy of the archive at `url` (http(s), file:// or a local path).
+
+    A `dest` that already has the right MD5 is kept as it is. A download goes to a temporary file
+    beside `dest` and is renamed only after its MD5 matched, so `dest` is never a bad or partial file.
+    """
+    md5 = md5.lower()
+    if dest.is_file():
+        if calculate_md5(dest) == md5:
+            return dest
+        dest.unlink()  # stale: another archive than the one params ask for
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out:
+            _copy_from(url, out, timeout)
+        actual = calculate_md5(tmp)
+        if actual != md5:
+            raise DataError(
+                f"MD5 mismatch for {url}: expected {md5}, got {actual} (the copy is truncated, "
+                "corrupt or another file; it was removed): fix data.url or data.md5 and rerun"
+            )
+    return dest
+
+
+def _copy_from(url: str, out: io.BufferedWriter, timeout: float) -> None:
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme in ("", "file"):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path) if scheme else url)
+        if not path.is_file():
+            raise DataError(f"archive not found: {path} (from data.url={url!r}); fix data.url")
+        with open(path, "rb") as src:
+            shutil.copyfileobj(src, out, length=1 << 20)
+        return
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc="download", disable=None) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(
+            f"cannot download {url}: {reason}; without network, get cifar-10-python.tar.gz "
+            "elsewhere and set data.url to its local path or file:// URL"
+        ) from e
+
+
+# --- reading the archive -----------------------------------------------------------------------
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts of bytes, lists and numpy arrays) and nothing else.
+
+    pickle can run arbitrary code; a mirror's archive is checked by MD5 first, and this allow-list
+    makes sure that even an archive someone vouched for with its own MD5 can only build arrays.
+    """
+
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 carry bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_archive(path: Path) -> Cifar10:
+    """Read the train and test splits and class names from a cifar-10-python.tar.gz."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+
+            def batch(name: str) -> dict:
+                member = members.get(f"{ARCHIVE_DIR}/{name}")
+                if member is None:
+                    raise DataError(
+                        f"{path} has no {ARCHIVE_DIR}/{name}: not a complete CIFAR-10 python "
+                        "archive; point data.url at the official cifar-10-python.tar.gz"
+                    )
+                return _unpickle(tar.extractfile(member).read(), f"{path}:{name}")
+
+            train = _stack([_split(batch(n), f"{path}:{n}") for n in TRAIN_BATCHES])
+            test = _split(batch(TEST_BATCH), f"{path}:{TEST_BATCH}")
+            names = batch("batches.meta").get(b"label_names", [])
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(
+            f"{path} is corrupt or truncated ({e}); delete it and rerun to fetch it again"
+        ) from e
+    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    if len(classes) != NUM_CLASSES:
+        raise DataError(f"{path}:batches.meta has {len(classes)} label names, expected 10")
+    return Cifar10(train=train, test=test, classes=classes)
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        obj = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # any unpickling failure means the same thing: a malformed batch
+        raise DataError(f"{where} is malformed ({e}); get a fresh copy of the archive") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{where} is malformed: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _split(batch: dict, where: str) -> Split:
+    data, labels = batch.get(b"data"), batch.get(b"labels")
+    shape_ok = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+    if not shape_ok or data.shape[1] != 3 * 32 * 32:
+        got = getattr(data, "shape", type(data).__name__)
+        raise DataError(f"{where} is malformed: b'data' must be N x 3072 uint8, got {got}")
+    if labels is None or len(labels) != len(data):
+        raise DataError(f"{where} is malformed: b'labels' must hold one label per image")
+    labels_t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if labels_t.numel() and not (int(labels_t.min()) >= 0 and int(labels_t.max()) < NUM_CLASSES):
+        raise DataError(f"{where} is malformed: labels must lie in 0..9")
+    # Rows are planar RGB (1024 red, 1024 green, 1024 blue), i.e. already C x H x W.
+    images = torch.from_numpy(data.copy()).reshape(-1, 3, 32, 32)
+    return Split(images=images, labels=labels_t)
+
+
+def _stack(splits: list[Split]) -> Split:
+    return Split(
+        images=torch.cat([s.images for s in splits]), labels=torch.cat([s.labels for s in splits])
+    )
+
+
+# --- the converted tensor file -----------------------------------------------------------------
+
+
+def save(dataset: Cifar10, path: Path) -> None:
+    """Write the dataset as one safetensors file, atomically (temporary file, then rename).
+
+    safetensors rather than torch.save: its bytes depend only on the tensors (torch.save embeds a
+    random serialization id), so the file's hash, and DVC's cache of it, is reproducible.
+    """
+    tensors = {
+        "train_images": dataset.train.images.contiguous(),
+        "train_labels": dataset.train.labels.contiguous(),
+        "test_images": dataset.test.images.contiguous(),
+        "test_labels": dataset.test.labels.contiguous(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_path(path) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata={"classes": json.dumps(dataset.classes)})
+
+
+def load(path: Path) -> Cifar10:
+    """Load the file written by `save` (memory-mapped until the tensors are touched)."""
+    with safetensors.safe_open(path, framework="pt") as f:
+        classes = tuple(json.loads(f.metadata()["classes"]))
+    t = safetensors.torch.load_file(path)
+    return Cifar10(
+        train=Split(t["train_images"], t["train_labels"]),
+        test=Split(t["test_images"], t["test_labels"]),
+        classes=classes,
+    )
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual mode
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- on the training device --------------------------------------------------------------------
+
+
+class Normalizer:
+    """uint8 images -> normalised float, on the images' device: (x / 255 - mean) / std in one FMA."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, images.float(), self.scale)
+
+
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches (the last may be short, as with a DataLoader)."""
+    order = torch.randperm(n, generator=generator).to(device)
+    return list(order.split(batch_size))

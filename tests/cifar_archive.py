@@ -1,0 +1,59 @@
+"""Builds small archives in the exact layout of the official cifar-10-python.tar.gz, for tests.
+
+Images of class k are noise around a class-specific colour, so a model can learn them in one epoch
+and a test can tell learning from chance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def make_batch(n: int, rng: np.random.Generator) -> dict:
+    labels = rng.integers(0, 10, size=n)
+    palette = np.random.default_rng(1234).integers(0, 256, size=(10, 3))  # fixed class colours
+    base = np.repeat(palette[labels][:, :, None], 1024, axis=2).reshape(n, 3072)
+    data = np.clip(base + rng.normal(0, 40, size=(n, 3072)), 0, 255).astype(np.uint8)
+    return {b"batch_label": b"test", b"labels": labels.tolist(), b"data": data}
+
+
+def make_archive(
+    path: Path,
+    per_batch: int = 40,
+    seed: int = 0,
+    members: dict[str, bytes | None] | None = None,
+) -> str:
+    """Write an archive with `per_batch` images in each of the 6 batches; returns its MD5.
+
+    `members` overrides the raw bytes of named members (None drops the member), to build broken
+    archives.
+    """
+    rng = np.random.default_rng(seed)
+    payloads = {
+        "batches.meta": pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}, protocol=2)
+    }
+    for name in BATCHES:
+        payloads[name] = pickle.dumps(make_batch(per_batch, rng), protocol=2)
+    payloads.update(members or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in payloads.items():
+            if payload is None:
+                continue
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size, info.mtime = len(payload), 0
+            tar.addfile(info, io.BytesIO(payload))
+    return md5_of(path)
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
