@@ -1,0 +1,31 @@
+"""Model evaluation as plain values: no I/O, no tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Logits for uint8 `images` (on the model's device), in eval mode, batch by batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(normalize(chunk)).logits for chunk in images.split(batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max is the label (0.0 to 1.0)."""
+    if len(labels) == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return (logits.argmax(dim=1) == labels).float().mean().item()
