@@ -11,7 +11,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cifar_archive import make_archive  # noqa: E402
+from cifar_archive import make_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -53,7 +53,7 @@ def test_truncated_copy_fails_the_md5_check(tiny_archive, tmp_path):
     src, md5 = tiny_archive
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-    with pytest.raises(data.DataError, match="MD5 mismatch.*truncated"):
+    with pytest.raises(data.DataError, match=r"MD5 mismatch.*truncated"):
         data.fetch(str(truncated), tmp_path / "d" / "a.tar.gz", md5)
 
 
@@ -100,7 +100,7 @@ def test_malformed_batch_is_named(tmp_path, payload, problem):
 def test_unreachable_url_suggests_a_local_mirror(tmp_path):
     dest = tmp_path / "d" / "a.tar.gz"
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
-    with pytest.raises(data.DataError, match="cannot download .*local path") as e:
+    with pytest.raises(data.DataError, match=r"cannot download .*local path") as e:
         data.fetch("http://127.0.0.1:9/cifar-10-python.tar.gz", dest, "0" * 32, timeout=5)
     assert "\n" not in str(e.value)
     assert leftovers(dest.parent) == []

@@ -46,7 +46,7 @@ def test_tuple_fields_check_length_and_items():
 
 
 def test_md5_must_be_hex():
-    with pytest.raises(ParamsError, match="data.md5 = 'xyz': expected 32 hexadecimal digits"):
+    with pytest.raises(ParamsError, match=r"data\.md5 = 'xyz': expected 32 hexadecimal digits"):
         parse(DataParams, {"url": "u", "md5": "xyz"}, "data")
 
 
