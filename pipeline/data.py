@@ -7,19 +7,15 @@ failed run leaves nothing half-written. Errors are DataError with a one-line mes
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,8 +24,11 @@ import numpy as np
 import safetensors
 import safetensors.torch
 import torch
+from torch import nn
 from torchvision.datasets.utils import calculate_md5
 from tqdm import tqdm
+
+from pipeline.files import atomic_path
 
 ARCHIVE_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -69,8 +68,7 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
         if calculate_md5(dest) == md5:
             return dest
         dest.unlink()  # stale: another archive than the one params ask for
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_path(dest) as tmp:
+    with atomic_path(dest) as tmp:
         with open(tmp, "wb") as out:
             _copy_from(url, out, timeout)
         actual = calculate_md5(tmp)
@@ -207,8 +205,7 @@ def save(dataset: Cifar10, path: Path) -> None:
         "test_images": dataset.test.images.contiguous(),
         "test_labels": dataset.test.labels.contiguous(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata={"classes": json.dumps(dataset.classes)})
 
 
@@ -224,38 +221,32 @@ def load(path: Path) -> Cifar10:
     )
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual mode
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 # --- on the training device --------------------------------------------------------------------
 
 
-class Normalizer:
-    """uint8 images -> normalised float, on the images' device: (x / 255 - mean) / std in one FMA."""
+class Normalizer(nn.Module):
+    """uint8 images -> normalised float on the images' device: (x / 255 - mean) / std as one FMA.
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
-        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+    A module, so the deployed classifier carries its own normalisation (see models.Classifier).
+    """
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        std_t = torch.tensor(std).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std_t))
+        self.register_buffer("shift", -torch.tensor(mean).view(1, 3, 1, 1) / std_t)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, images.float(), self.scale)
+
+
+def subset(split: Split, size: int | None) -> Split:
+    """The first `size` examples (all when None); the archive's batches are already shuffled."""
+    if size is None:
+        return split
+    if size > len(split.labels):
+        raise DataError(f"subset of {size} requested, but the split has only {len(split.labels)}")
+    return Split(split.images[:size], split.labels[:size])
 
 
 def batch_indices(

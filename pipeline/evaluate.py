@@ -29,3 +29,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if len(labels) == 0:
         raise ValueError("accuracy of an empty set is undefined")
     return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+def agreement(logits: torch.Tensor, reference: torch.Tensor) -> float:
+    """Fraction of rows where both sets of logits pick the same class (top-1 agreement)."""
+    return (logits.argmax(dim=1) == reference.argmax(dim=1)).float().mean().item()

@@ -7,10 +7,14 @@ that pair, so no variant needs a copied model class or a forward hook.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
+import safetensors.torch
 import torch
 from torch import nn
+
+from pipeline.files import atomic_path
 
 
 class Outputs(NamedTuple):
@@ -86,3 +90,30 @@ def build(arch: str, seed: int) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class Classifier(nn.Module):
+    """What gets deployed: raw uint8 pixels (N x 3 x 32 x 32) in, logits out.
+
+    It carries its own normalisation, so a user of the logged model needs no preprocessing code.
+    """
+
+    def __init__(self, net: nn.Module, normalize: nn.Module):
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images)).logits
+
+
+def save_weights(net: nn.Module, path: Path) -> None:
+    """Weights as safetensors: the same weights give the same bytes (a stable DVC hash)."""
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
+
+
+def load_weights(arch: str, path: Path) -> nn.Module:
+    net = ARCHITECTURES[arch]()
+    net.load_state_dict(safetensors.torch.load_file(path))
+    return net

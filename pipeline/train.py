@@ -21,6 +21,7 @@ from pipeline.data import Normalizer, Split, batch_indices
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import TOTAL, Terms
 
+CPU = torch.device("cpu")
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -30,6 +31,7 @@ class FitConfig:
     batch_size: int
     lr: float
     seed: int
+    device: torch.device = CPU
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,11 +63,13 @@ def fit(
 ) -> nn.Module:
     """Train `model` (and `head`) with Adam on `loss_fn`; returns the trained model.
 
-    After each epoch `on_epoch(epoch, metrics)` gets the epoch's mean of every loss component, the
-    train accuracy and `<name>_accuracy` for each split in `eval_sets`. Epochs count from 1.
+    After each epoch `on_epoch(epoch, metrics)` gets the epoch's mean of every loss component as
+    `train_<component>` (the total as `train_loss`), `train_accuracy`, `<name>_accuracy` for each
+    split in `eval_sets` and `epoch_seconds`. Epochs count from 1.
     """
-    device = normalize.scale.device
+    device = config.device
     model.to(device)
+    normalize = normalize.to(device)
     if teacher is not None:
         freeze(teacher.to(device))
     if head is not None:
@@ -100,7 +104,7 @@ def fit(
                 sums[name] = sums.get(name, 0) + value.detach() * len(idx)
             correct += (student_out.logits.argmax(dim=1) == y).sum()
             bar.update()
-        metrics = {name: (total / len(labels)).item() for name, total in sums.items()}
+        metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
         metrics["train_accuracy"] = correct.item() / len(labels)
         for name, split in on_device.items():
             metrics[f"{name}_accuracy"] = accuracy(

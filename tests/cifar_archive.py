@@ -57,3 +57,10 @@ def make_archive(
 
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+if __name__ == "__main__":  # python tests/cifar_archive.py OUT.tar.gz [images per batch]
+    import sys
+
+    out = Path(sys.argv[1])
+    print(make_archive(out, per_batch=int(sys.argv[2]) if len(sys.argv) > 2 else 40))

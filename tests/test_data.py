@@ -141,7 +141,7 @@ def test_normalizer_matches_torchvision_transforms():
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     reference = transforms.Normalize(mean, std)(images.float() / 255)
-    ours = data.Normalizer(mean, std, torch.device("cpu"))(images)
+    ours = data.Normalizer(mean, std)(images)
     torch.testing.assert_close(ours, reference)
 
 
@@ -159,11 +159,20 @@ def test_batch_indices_cover_every_image_once_in_a_seeded_order():
 
 
 def run_download_stage(workdir: Path, url: str, md5: str) -> subprocess.CompletedProcess:
-    (workdir / "params.yaml").write_text(yaml.safe_dump({"data": {"url": url, "md5": md5}}))
+    """Run the stage as DVC does, in `workdir`, with the project's params but this archive."""
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["data"].update(url=url, md5=md5)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(doc))
     return subprocess.run(
         [sys.executable, "-m", "pipeline.stages.download"],
         cwd=workdir,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={
+            "PYTHONPATH": str(ROOT),
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(workdir),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+        },
         capture_output=True,
         text=True,
         timeout=120,

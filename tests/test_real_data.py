@@ -70,7 +70,7 @@ def test_download_stage_rejects_a_bad_real_archive(real_archive, tmp_path, fault
 
 def test_lightnn_one_epoch_beats_40_percent(converted):
     ds = data.load(converted)
-    normalize = data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), torch.device("cpu"))
+    normalize = data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     seen = {}
     started = time.perf_counter()
     fit(

@@ -7,8 +7,7 @@ from cifar_archive import make_archive
 from pipeline import data, losses, models
 from pipeline.train import FitConfig, fit
 
-CPU = torch.device("cpu")
-NORMALIZE = data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), CPU)
+NORMALIZE = data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CONFIG = FitConfig(epochs=2, batch_size=32, lr=1e-3, seed=42)
 
 
@@ -97,16 +96,18 @@ def test_epoch_callback_gets_every_component_and_accuracies(tiny, teacher):
     assert [e for e, _ in seen] == [1, 2]
     for _, m in seen:
         assert {
-            "loss",
-            "ce",
-            "hint",
+            "train_loss",
+            "train_ce",
+            "train_hint",
             "train_accuracy",
             "test_accuracy",
             "epoch_seconds",
         } <= m.keys()
-        assert m["loss"] == pytest.approx(0.75 * m["ce"] + 0.25 * m["hint"], rel=1e-4)
+        assert m["train_loss"] == pytest.approx(
+            0.75 * m["train_ce"] + 0.25 * m["train_hint"], rel=1e-4
+        )
         assert 0.0 <= m["train_accuracy"] <= 1.0 and 0.0 <= m["test_accuracy"] <= 1.0
-    assert seen[1][1]["loss"] < seen[0][1]["loss"]
+    assert seen[1][1]["train_loss"] < seen[0][1]["train_loss"]
     assert models.count_parameters(student) == 267_738
 
 
@@ -127,5 +128,5 @@ def test_plain_epoch_lines_when_not_a_terminal(tiny, capsys):
         desc="student",
     )
     captured = capsys.readouterr()
-    assert "student epoch 1/1: ce " in captured.out
+    assert "student epoch 1/1: train_ce " in captured.out
     assert "\r" not in captured.out + captured.err  # no progress bar redraws in logs
