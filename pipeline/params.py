@@ -8,12 +8,15 @@ next to the fields they guard (`_check` methods), so the rules are visible where
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline import losses
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -23,14 +26,25 @@ class ParamsError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class MlflowParams:
+    experiment: str  # where runs are recorded; not a DVC param (it changes no result)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataParams:
     url: str
     md5: str
+    train_size: int | None = None  # the first N training images; None = all 50,000
+    test_size: int | None = None  # the first N test images; None = all 10,000
 
     def _check(self, where: str) -> None:
         md5 = self.md5.lower()
         if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
             raise ParamsError(f"{where}.md5 = {self.md5!r}: expected 32 hexadecimal digits")
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ParamsError(f"{where}.{key} = {value}: must be >= 1, or null for all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,18 +59,110 @@ class NormalizeParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int
+    """Shared by the teacher and every student, so their comparison is like for like."""
+
     batch_size: int
     lr: float
     seed: int
     device: str = "auto"  # "auto" picks CUDA when present, else CPU; or any torch device string
 
     def _check(self, where: str) -> None:
-        for key, low in (("epochs", 1), ("batch_size", 1)):
-            if getattr(self, key) < low:
-                raise ParamsError(f"{where}.{key} = {getattr(self, key)}: must be >= {low}")
+        if self.batch_size < 1:
+            raise ParamsError(f"{where}.batch_size = {self.batch_size}: must be >= 1")
         if self.lr <= 0:
             raise ParamsError(f"{where}.lr = {self.lr}: must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleParams:
+    """What differs between the teacher and the students."""
+
+    epochs: int
+
+    def _check(self, where: str) -> None:
+        if self.epochs < 1:
+            raise ParamsError(f"{where}.epochs = {self.epochs}: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One student: a distillation method and that method's parameters (checked by losses.bind)."""
+
+    name: str
+    method: str
+    options: tuple[tuple[str, float], ...]
+
+    @property
+    def kwargs(self) -> dict[str, float]:
+        return dict(self.options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    mlflow: MlflowParams
+    data: DataParams
+    normalize: NormalizeParams
+    train: TrainParams
+    teacher: RoleParams
+    student: RoleParams
+    variants: dict[str, Variant]
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise ParamsError(
+                f"unknown variant {name!r}; params.yaml has: {', '.join(self.variants)}"
+            )
+        return self.variants[name]
+
+
+SECTIONS = {
+    "mlflow": MlflowParams,
+    "data": DataParams,
+    "normalize": NormalizeParams,
+    "train": TrainParams,
+    "teacher": RoleParams,
+    "student": RoleParams,
+}
+
+
+def load_all(path: Path = PARAMS_FILE) -> Params:
+    """Read and check all of params.yaml, so a mistake anywhere stops a stage before any work."""
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections")
+    allowed = [*SECTIONS, "variants"]
+    for key in doc:
+        if key not in allowed:
+            raise ParamsError(f"{path}: unknown section {key!r}; allowed: {', '.join(allowed)}")
+    for key in allowed:
+        if key not in doc:
+            raise ParamsError(f"{path}: section {key!r} is missing")
+    sections = {key: parse(cls, doc[key], key) for key, cls in SECTIONS.items()}
+    return Params(**sections, variants=parse_variants(doc["variants"]))
+
+
+def parse_variants(raw: Any) -> dict[str, Variant]:
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"variants = {raw!r}: expected a mapping of name -> {{method, ...}}")
+    variants = {}
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+            raise ParamsError(f"variants.{name}: names may use letters, digits, '_' and '-' only")
+        if name == "teacher":
+            raise ParamsError("variants.teacher: 'teacher' names the teacher's outputs; rename it")
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise ParamsError(f"variants.{name} = {spec!r}: expected a mapping with a 'method'")
+        options = {k: v for k, v in spec.items() if k != "method"}
+        try:
+            losses.bind(spec["method"], options)
+        except ValueError as e:
+            raise ParamsError(f"variants.{name}: {e}") from None
+        variants[name] = Variant(name, spec["method"], tuple(options.items()))
+    return variants
+
+
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse(cls: type, raw: Any, where: str):
@@ -79,15 +185,6 @@ def parse(cls: type, raw: Any, where: str):
     if hasattr(obj, "_check"):
         obj._check(where)
     return obj
-
-
-def load(section: str, cls: type, path: Path = PARAMS_FILE):
-    """Read one section of params.yaml into `cls`."""
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
-    if section not in doc:
-        raise ParamsError(f"{path}: section {section!r} is missing")
-    return parse(cls, doc[section], section)
 
 
 def _names(cls: type) -> str:

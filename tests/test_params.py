@@ -1,14 +1,37 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
-from pipeline.params import DataParams, NormalizeParams, ParamsError, TrainParams, load, parse
+from pipeline.params import (
+    DataParams,
+    NormalizeParams,
+    ParamsError,
+    RoleParams,
+    TrainParams,
+    load_all,
+    parse,
+    parse_variants,
+)
 
-GOOD_TRAIN = {"epochs": 10, "batch_size": 128, "lr": 0.001, "seed": 42}
+GOOD_TRAIN = {"batch_size": 128, "lr": 0.001, "seed": 42}
 
 
-def test_committed_params_yaml_parses():
-    data = load("data", DataParams)
-    assert data.md5 == "c58f30108f718f92721af3b95e74349a"  # the official archive's
-    assert load("normalize", NormalizeParams).std == (0.229, 0.224, 0.225)
+def test_committed_params_reproduce_the_tutorial():
+    p = load_all()
+    assert p.data.md5 == "c58f30108f718f92721af3b95e74349a"  # the official archive's
+    assert p.data.train_size is None and p.data.test_size is None
+    assert p.normalize.mean == (0.485, 0.456, 0.406) and p.normalize.std == (0.229, 0.224, 0.225)
+    assert (p.train.batch_size, p.train.lr, p.train.seed) == (128, 0.001, 42)
+    assert p.teacher.epochs == 10 and p.student.epochs == 10
+    assert list(p.variants) == ["ce", "kd", "cosine", "regressor"]
+    assert p.variants["kd"].kwargs == {
+        "temperature": 2.0,
+        "distill_weight": 0.25,
+        "ce_weight": 0.75,
+    }
+    for name in ("cosine", "regressor"):
+        assert p.variants[name].kwargs == {"distill_weight": 0.25, "ce_weight": 0.75}
 
 
 def test_defaults_and_int_to_float():
@@ -19,13 +42,15 @@ def test_defaults_and_int_to_float():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({**GOOD_TRAIN, "epoch": 3}, r"train\.epoch: unknown key; allowed keys are epochs, "),
+        (
+            {**GOOD_TRAIN, "batchsize": 3},
+            r"train\.batchsize: unknown key; allowed keys are batch_size, ",
+        ),
         ({k: v for k, v in GOOD_TRAIN.items() if k != "lr"}, r"train\.lr: missing"),
-        ({**GOOD_TRAIN, "epochs": "10"}, r"train\.epochs = '10': expected int"),
-        ({**GOOD_TRAIN, "epochs": True}, r"train\.epochs = True: expected int"),
-        ({**GOOD_TRAIN, "epochs": 2.5}, r"train\.epochs = 2\.5: expected int"),
-        ({**GOOD_TRAIN, "epochs": 0}, r"train\.epochs = 0: must be >= 1"),
-        ({**GOOD_TRAIN, "batch_size": -1}, r"train\.batch_size = -1: must be >= 1"),
+        ({**GOOD_TRAIN, "seed": "42"}, r"train\.seed = '42': expected int"),
+        ({**GOOD_TRAIN, "seed": True}, r"train\.seed = True: expected int"),
+        ({**GOOD_TRAIN, "batch_size": 2.5}, r"train\.batch_size = 2\.5: expected int"),
+        ({**GOOD_TRAIN, "batch_size": 0}, r"train\.batch_size = 0: must be >= 1"),
         ({**GOOD_TRAIN, "lr": 0}, r"train\.lr = 0\.0: must be > 0"),
         ([1, 2], r"train = \[1, 2\]: expected a mapping"),
     ],
@@ -34,6 +59,15 @@ def test_bad_values_fail_with_one_line_naming_key_and_value(raw, message):
     with pytest.raises(ParamsError, match=message) as e:
         parse(TrainParams, raw, "train")
     assert "\n" not in str(e.value)
+
+
+def test_epochs_and_subset_sizes():
+    with pytest.raises(ParamsError, match=r"teacher\.epochs = 0: must be >= 1"):
+        parse(RoleParams, {"epochs": 0}, "teacher")
+    ok = parse(DataParams, {"url": "u", "md5": "c" * 32, "train_size": 500}, "data")
+    assert ok.train_size == 500 and ok.test_size is None
+    with pytest.raises(ParamsError, match=r"data\.test_size = 0: must be >= 1, or null"):
+        parse(DataParams, {"url": "u", "md5": "c" * 32, "test_size": 0}, "data")
 
 
 def test_tuple_fields_check_length_and_items():
@@ -50,8 +84,45 @@ def test_md5_must_be_hex():
         parse(DataParams, {"url": "u", "md5": "xyz"}, "data")
 
 
-def test_missing_section_is_named(tmp_path):
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"kd2": {"method": "kd", "temperature": 2, "distill_weight": 1}},
+            r"variants\.kd2: method 'kd' needs parameter 'ce_weight'",
+        ),
+        (
+            {"x": {"method": "fitnet"}},
+            r"variants\.x: unknown distillation method 'fitnet'; valid methods: ce, kd",
+        ),
+        ({"x": {"temperature": 2}}, r"variants\.x = .*: expected a mapping with a 'method'"),
+        ({"a b": {"method": "ce"}}, r"variants\.a b: names may use letters"),
+        (
+            {"teacher": {"method": "ce"}},
+            r"variants\.teacher: 'teacher' names the teacher's outputs",
+        ),
+        ({}, r"variants = \{\}: expected a mapping"),
+    ],
+)
+def test_bad_variants_are_named(raw, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_variants(raw)
+
+
+def test_a_new_variant_is_just_an_entry():
+    variants = parse_variants(
+        {"kd_t4": {"method": "kd", "temperature": 4, "distill_weight": 0.5, "ce_weight": 0.5}}
+    )
+    assert variants["kd_t4"].method == "kd" and variants["kd_t4"].kwargs["temperature"] == 4
+
+
+def test_unknown_or_missing_sections_are_named(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("data: {url: u, md5: c58f30108f718f92721af3b95e74349a}\n")
-    with pytest.raises(ParamsError, match="section 'train' is missing"):
-        load("train", TrainParams, path)
+    doc = yaml.safe_load(Path("params.yaml").read_text())
+    path.write_text(yaml.safe_dump({**doc, "trian": {}}))
+    with pytest.raises(ParamsError, match="unknown section 'trian'"):
+        load_all(path)
+    del doc["teacher"]
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ParamsError, match="section 'teacher' is missing"):
+        load_all(path)
