@@ -1,0 +1,180 @@
+"""The only module that talks to MLflow.
+
+Embedded default store: `sqlite:///<project root>/mlflow.db` with artifacts in
+`<project root>/mlartifacts`, both resolved to absolute paths of the original checkout, so runs from
+`dvc repro`, `dvc exp run`, `--temp` and queued experiments land in one store. MLFLOW_TRACKING_URI
+overrides it (a team server, say).
+
+Every stage that does work opens one run named after its DVC stage. The runs of one pipeline
+invocation hang under a parent run named "pipeline", found or created by the first of them from
+provenance.invocation_key(), so the MLflow UI shows the teacher and the variants together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from pipeline import provenance
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+INVOCATION_TAG = "pipeline.invocation"
+PARENT_RUN = "pipeline"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# MLflow's logger is chatty about things the user did not do (e.g. store migrations) at INFO.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri()
+
+
+def _embedded_uri() -> str:
+    return f"sqlite:///{provenance.project_root() / DB_FILE}"
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created meanwhile by a parallel stage
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _invocation_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str:
+    """The parent run of this pipeline invocation: found by its key, else created, FINISHED at once
+    so that it can never be left RUNNING whatever happens to the stages."""
+    key = tags[INVOCATION_TAG]
+    query = f"tags.`{INVOCATION_TAG}` = '{key}' and attributes.run_name = '{PARENT_RUN}'"
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id
+    parent = client.create_run(experiment_id, run_name=PARENT_RUN, tags=dict(tags))
+    client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return parent.info.run_id
+
+
+def _invocation_tags(data_md5: str) -> dict[str, str]:
+    """Tags shared by the parent run and every stage run of one invocation."""
+    tags = {
+        "git.commit": provenance.git_commit(),
+        "git.dirty": str(provenance.git_dirty()).lower(),
+        "data.md5": data_md5,
+        INVOCATION_TAG: provenance.invocation_key(),
+        "torch.version": torch.__version__,
+        "python.version": platform.python_version(),
+    }
+    if exp := provenance.dvc_experiment():
+        tags["dvc.experiment"] = exp
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str, experiment: str, params: Mapping[str, Any], data_md5: str
+) -> Iterator[StageRun]:
+    """One MLflow run for one stage: FINISHED, FAILED if the block raises, KILLED if interrupted."""
+    uri = tracking_uri()
+    # Only the embedded store needs an artifact location: a server has its own. (Decided before
+    # set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.)
+    artifacts = None
+    if uri == _embedded_uri():
+        artifacts = (provenance.project_root() / ARTIFACTS_DIR).as_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment_id = _experiment_id(client, experiment, artifacts)
+    tags = _invocation_tags(data_md5)
+    parent_id = _invocation_run(client, experiment_id, tags)
+    tags |= {"dvc.stage": stage, "mlflow.parentRunId": parent_id}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
+        mlflow.log_params(_flatten(params))
+        try:
+            yield StageRun(run.info.run_id, parent_id)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM as stages/_cli.py maps it
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+    # any other exception: start_run's context manager ends the run FAILED
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+class StageRun:
+    """What a stage logs into its run."""
+
+    def __init__(self, run_id: str, parent_id: str):
+        self.run_id = run_id
+        self.parent_id = parent_id
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        mlflow.log_metrics(dict(metrics), step=epoch)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        mlflow.log_metrics(_flatten(metrics))
+
+    def log_dataset(self, url: str, md5: str, sizes: Mapping[str, int]) -> None:
+        """The archive as the run's input: MLflow's dataset digest is the archive's MD5."""
+        uri = url if "://" in url else Path(url).resolve().as_uri()
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that a file:// URI is
+            # ambiguous between the two identical classes.
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            source = resolve_dataset_source(uri)
+        dataset = MetaDataset(source, name="cifar10", digest=md5)
+        tags = {f"{split}_size": str(n) for split, n in sizes.items()}
+        mlflow.log_input(dataset, context="training", tags=tags)
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
+        """Log the deployable model (uint8 pixels in, logits out); returns its models:/ URI."""
+        model = model.cpu().eval()
+        example_np = example.cpu().numpy()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(example_np)).numpy()
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example_np, logits),
+            input_example=example_np,
+            # The package travels with the model, so it loads where `pipeline` is not installed.
+            code_paths=[str(PACKAGE_DIR)],
+            # Pinned explicitly: MLflow's inference of requirements re-imports the model in a
+            # subprocess, which costs seconds per stage and guesses.
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+            ],
+        )
+        return info.model_uri
+
+    def log_artifact(self, path: Path, to_parent: bool = False) -> None:
+        run_id = self.parent_id if to_parent else self.run_id
+        MlflowClient().log_artifact(run_id, str(path))
