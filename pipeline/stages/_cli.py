@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -12,10 +13,22 @@ from pipeline.params import ParamsError
 USER_ERRORS = (DataError, ParamsError, ValueError)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(main: Callable[[], None]) -> None:
-    """Call `main`; a user error becomes one line on stderr and exit status 1."""
+    """Call `main`; a user error becomes one line on stderr and exit status 1.
+
+    SIGTERM (how DVC, CI and schedulers stop a process) is turned into KeyboardInterrupt, so it
+    unwinds like Ctrl-C: the MLflow run is closed as KILLED and temporary files are removed.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the stage to start it again", file=sys.stderr)
+        sys.exit(130)

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import data, params
+from pipeline import data, params, tracking
+from pipeline.stages import _outputs
 from pipeline.stages._cli import run
 
 ARCHIVE = Path("data/download/cifar-10-python.tar.gz")  # kept between runs, not a DVC output
-OUTPUT = Path("data/cifar10.safetensors")
 
 
 def main() -> None:
-    p = params.load("data", params.DataParams)
-    archive = data.fetch(p.url, ARCHIVE, p.md5)
-    dataset = data.read_archive(archive)
-    data.save(dataset, OUTPUT)
-    print(
-        f"{OUTPUT}: {len(dataset.train.labels)} train and {len(dataset.test.labels)} test images, "
-        f"classes {', '.join(dataset.classes)}"
-    )
+    p = params.load_all()
+    with tracking.stage_run(
+        "download", p.mlflow.experiment, {"data": vars(p.data)}, p.data.md5
+    ) as r:
+        archive = data.fetch(p.data.url, ARCHIVE, p.data.md5)
+        dataset = data.read_archive(archive)
+        sizes = {"train": len(dataset.train.labels), "test": len(dataset.test.labels)}
+        r.log_dataset(p.data.url, p.data.md5, sizes)
+        r.log_metrics({f"{split}_images": n for split, n in sizes.items()})
+        data.save(dataset, _outputs.DATA)
+    print(f"{_outputs.DATA}: {sizes['train']} train and {sizes['test']} test images")
 
 
 if __name__ == "__main__":

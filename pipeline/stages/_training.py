@@ -1,0 +1,79 @@
+"""The part of train_teacher and distill@<variant> that is the same: train one model, record it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from pipeline import data, files, models, tracking
+from pipeline.losses import Terms
+from pipeline.params import Params
+from pipeline.stages import _outputs
+from pipeline.train import FitConfig, fit, resolve_device
+
+# Wall-clock figures go to MLflow only: DVC outputs must be the same on every rerun.
+TIMING = ("epoch_seconds",)
+
+
+def load_dataset(p: Params) -> data.Cifar10:
+    ds = data.load(_outputs.DATA)
+    return data.Cifar10(
+        train=data.subset(ds.train, p.data.train_size),
+        test=data.subset(ds.test, p.data.test_size),
+        classes=ds.classes,
+    )
+
+
+def common_params(p: Params) -> dict[str, Any]:
+    """What every model's run logs: the sections that define data and training."""
+    return {
+        "data": {"md5": p.data.md5, "train_size": p.data.train_size, "test_size": p.data.test_size},
+        "normalize": {"mean": p.normalize.mean, "std": p.normalize.std},
+        "train": vars(p.train),
+    }
+
+
+def train_and_record(
+    *,
+    stage: str,
+    role: str,
+    p: Params,
+    ds: data.Cifar10,
+    net: nn.Module,
+    loss_fn: Callable[..., Terms],
+    epochs: int,
+    run_params: dict[str, Any],
+    teacher: nn.Module | None = None,
+    head: nn.Module | None = None,
+) -> None:
+    """Fit `net`, log the run to MLflow, then write the DVC outputs of `role` (last, so a failure
+    leaves none of them)."""
+    device = resolve_device(p.train.device)
+    normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
+    config = FitConfig(epochs, p.train.batch_size, p.train.lr, p.train.seed, device)
+    history: list[dict[str, float]] = []
+    with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
+        run.log_dataset(
+            p.data.url, p.data.md5, {"train": len(ds.train.labels), "test": len(ds.test.labels)}
+        )
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            run.log_epoch(epoch, metrics)
+            history.append(
+                {"epoch": epoch, **{k: v for k, v in metrics.items() if k not in TIMING}}
+            )
+
+        started = time.perf_counter()
+        fit(net, ds.train, loss_fn, config, normalize, teacher=teacher, head=head,
+            eval_sets={"test": ds.test}, on_epoch=on_epoch, desc=stage)  # fmt: skip
+        # The per-epoch metrics are already in the run (MLflow shows their last value); add the rest.
+        summary = {"parameters": models.count_parameters(net)}
+        run.log_metrics({**summary, "train_seconds": time.perf_counter() - started})
+        final = {**{k: v for k, v in history[-1].items() if k != "epoch"}, **summary}
+        run.log_model(models.Classifier(net, normalize), ds.test.images[:2])
+        models.save_weights(net, _outputs.model(role))
+        files.write_json(_outputs.train_metrics(role), final)
+        files.write_json(_outputs.train_history(role), history)
