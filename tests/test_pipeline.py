@@ -1,0 +1,274 @@
+"""End to end: the real dvc.yaml, real DVC, a real MLflow store, real training on a tiny archive.
+
+The project is copied into a fresh git repository under a temp folder; the tests in this module
+run in order against that one copy (each builds on the state the previous one left).
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+import yaml
+from cifar_archive import make_archive
+from conftest import ROOT
+from mlflow.tracking import MlflowClient
+
+from pipeline import data, models
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["download", "train_teacher", "distill@ce", "distill@kd", "distill@cosine",
+          "distill@regressor", "evaluate", "report"]  # fmt: skip
+STUDENTS = ["ce", "kd", "cosine", "regressor"]
+
+
+class Project:
+    def __init__(self, path: Path):
+        self.path = path
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))},
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        }  # fmt: skip
+        self.client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+
+    def run(self, *cmd: str, timeout: float = 600, check: bool = True) -> str:
+        done = subprocess.run(
+            cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout + done.stderr
+
+    def repro(self) -> list[str]:
+        """Run `dvc repro`; return the names of the stages that ran."""
+        return re.findall(r"Running stage '([^']+)'", self.run("dvc", "repro"))
+
+    def set_params(self, **changes) -> None:
+        path = self.path / "params.yaml"
+        doc = yaml.safe_load(path.read_text())
+        for dotted, value in changes.items():
+            *parents, last = dotted.split("__")
+            node = doc
+            for key in parents:
+                node = node[key]
+            node[last] = value
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def runs(self, **filters):
+        exp = self.client.get_experiment_by_name("cifar10-distillation")
+        runs = self.client.search_runs([exp.experiment_id], max_results=1000)
+        return [r for r in runs if all(r.data.tags.get(k) == v for k, v in filters.items())]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Project:
+    path = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    for name in files:
+        if (ROOT / name).is_file():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)
+    archive = tmp_path_factory.mktemp("mirror") / "cifar-10-python.tar.gz"
+    md5 = make_archive(archive, per_batch=40)
+    p = Project(path)
+    p.set_params(data__url=archive.as_uri(), data__md5=md5, teacher__epochs=1, student__epochs=1,
+                 train__batch_size=32)  # fmt: skip
+    p.run("git", "init", "-q")
+    p.run("git", "add", "-A")
+    p.run("git", "commit", "-qm", "tiny pipeline")
+    return p
+
+
+@pytest.fixture(scope="module")
+def first_repro(project) -> list[str]:
+    return project.repro()
+
+
+def test_repro_runs_every_stage(project, first_repro):
+    assert first_repro == STAGES
+    for path in ["models/teacher.safetensors", "metrics/evaluation.json", "reports/comparison.md",
+                 *(f"models/students/{s}.safetensors" for s in STUDENTS)]:  # fmt: skip
+        assert (project.path / path).is_file(), path
+
+
+def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repro):
+    runs = project.runs()
+    by_name = {r.info.run_name: r for r in runs}
+    assert sorted(by_name) == sorted([*STAGES, "pipeline"]) and len(runs) == len(STAGES) + 1
+    parent = by_name["pipeline"].info.run_id
+    commit = project.run("git", "rev-parse", "HEAD").strip()
+    for stage in STAGES:
+        run = by_name[stage]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.data.tags["dvc.stage"] == stage
+        assert run.data.tags["git.commit"] == commit
+        assert run.data.tags["git.dirty"] == "false"
+        assert (
+            run.data.tags["data.md5"]
+            == yaml.safe_load((project.path / "params.yaml").read_text())["data"]["md5"]
+        )
+    assert by_name["pipeline"].info.status == "FINISHED"
+    assert (project.path / "mlartifacts").is_dir() and not (project.path / "mlruns").exists()
+
+
+def test_training_runs_log_params_epochs_dataset_and_a_loadable_model(project, first_repro):
+    md5 = yaml.safe_load((project.path / "params.yaml").read_text())["data"]["md5"]
+    test_images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
+    for stage, arch, weights in [("train_teacher", "DeepNN", "models/teacher.safetensors"),
+                                 *((f"distill@{s}", "LightNN", f"models/students/{s}.safetensors") for s in STUDENTS)]:  # fmt: skip
+        (run,) = project.runs(**{"dvc.stage": stage})
+        assert run.data.params["train.lr"] == "0.001" and run.data.params["model"] == arch
+        for metric in ["train_loss", "train_accuracy", "test_accuracy"]:
+            history = project.client.get_metric_history(run.info.run_id, metric)
+            assert [m.step for m in history] == [1], (stage, metric)
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.digest == md5 and dataset.dataset.name == "cifar10"
+        # The logged model: raw uint8 pixels in, logits out, equal to the DVC output's weights.
+        mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
+        (logged,) = run.outputs.model_outputs
+        loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+        expected = models.Classifier(models.load_weights(arch, project.path / weights),
+                                     data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))).eval()  # fmt: skip
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(test_images), expected(test_images))
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+        assert pyfunc.predict(test_images.numpy()).shape == (5, 10)
+        # the signature speaks uint8 images, so a serving client knows what to send
+        assert pyfunc.metadata.signature.inputs.numpy_types()[0] == np.uint8
+    (kd,) = project.runs(**{"dvc.stage": "distill@kd"})
+    assert (
+        kd.data.params["variant.temperature"] == "2.0" and kd.data.params["variant.method"] == "kd"
+    )
+    assert kd.data.metrics["train_kd"] > 0 and "train_hint" not in kd.data.metrics
+
+
+def test_outputs_hold_no_machine_paths_or_run_ids(project, first_repro):
+    run_ids = [r.info.run_id for r in project.runs()]
+    for path in [
+        project.path / "dvc.lock",
+        *(project.path / d for d in ("metrics", "plots", "reports")),
+    ]:
+        for f in [path] if path.is_file() else path.rglob("*"):
+            if f.is_file():
+                text = f.read_text()
+                assert str(project.path) not in text and "mirror" not in text, f
+                assert not any(i in text for i in run_ids), f
+
+
+def test_dvc_metrics_and_plots_commands_work(project, first_repro):
+    shown = project.run("dvc", "metrics", "show")
+    assert "metrics/evaluation.json" in shown and "students.kd.test_accuracy" in shown
+    project.run("dvc", "plots", "show", "-o", "dvc_plots")
+    assert (project.path / "dvc_plots" / "index.html").is_file()
+
+
+def test_second_repro_runs_nothing_and_logs_nothing(project, first_repro):
+    before = len(project.runs())
+    assert project.repro() == []
+    assert len(project.runs()) == before
+
+
+def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_repro):
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "first results")
+    before = {r.info.run_id for r in project.runs()}
+    project.set_params(variants__kd__temperature=4.0)
+    assert project.repro() == ["distill@kd", "evaluate", "report"]
+    new = [r for r in project.runs() if r.info.run_id not in before]
+    assert sorted(r.info.run_name for r in new) == ["distill@kd", "evaluate", "pipeline", "report"]
+    assert all(r.data.tags["git.dirty"] == "true" for r in new)
+    diff = project.run("dvc", "metrics", "diff")
+    assert "students.kd.test_accuracy" in diff or "train_kd" in diff
+    project.run("git", "checkout", "params.yaml")
+    # back to the committed params: those stages rerun or come back from DVC's run cache
+    assert set(project.repro()) <= {"distill@kd", "evaluate", "report"}
+    # ...and the outputs are byte for byte the committed ones: the pipeline is deterministic
+    assert project.run("git", "status", "--porcelain") == ""
+
+
+def test_queued_and_temp_experiments_land_in_the_same_store(project, first_repro):
+    for t in (3.0, 5.0):
+        project.run("dvc", "exp", "run", "--queue", "-S", f"variants.kd.temperature={t}")
+    project.run("dvc", "queue", "start")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = project.run("dvc", "queue", "status")
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    project.run("dvc", "exp", "run", "--temp", "-S", "variants.kd.temperature=7.0")
+    kd_runs = project.runs(**{"dvc.stage": "distill@kd"})
+    temps = {r.data.params["variant.temperature"]: r for r in kd_runs}
+    assert {"3.0", "5.0", "7.0"} <= set(temps)
+    names = {temps[t].data.tags.get("dvc.experiment") for t in ("3.0", "5.0", "7.0")}
+    assert None not in names and len(names) == 3
+    assert all(r.info.status == "FINISHED" for r in kd_runs)
+    assert not list((project.path / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
+
+
+def test_tracking_uri_override(project, first_repro, tmp_path):
+    other = MlflowClient(f"sqlite:///{tmp_path / 'team.db'}")
+    before = len(project.runs())
+    env = {**project.env, "MLFLOW_TRACKING_URI": other.tracking_uri}
+    subprocess.run([sys.executable, "-m", "pipeline.stages.evaluate"], cwd=project.path, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    exp = other.get_experiment_by_name("cifar10-distillation")
+    runs = {r.info.run_name: r.info.status for r in other.search_runs([exp.experiment_id])}
+    assert runs == {"evaluate": "FINISHED", "pipeline": "FINISHED"}
+    assert len(project.runs()) == before  # nothing went to the embedded store
+
+
+def test_a_stopped_stage_leaves_its_run_killed_not_running(project, first_repro):
+    project.set_params(student__epochs=100000)  # long enough to be stopped mid-training
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.distill", "ce"], cwd=project.path,
+                            env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not [
+            r for r in project.runs(**{"dvc.stage": "distill@ce"}) if r.info.status == "RUNNING"
+        ]:
+            time.sleep(0.5)
+        time.sleep(2)  # into the training loop
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        project.run("git", "checkout", "params.yaml")
+    assert proc.returncode == 130 and "interrupted" in err
+    statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce"})]
+    assert "RUNNING" not in statuses and "KILLED" in statuses
+
+
+def test_a_failing_stage_leaves_its_run_failed(project, first_repro):
+    # Fail inside the run, after training: the metrics file cannot be written (a folder is there).
+    target = project.path / "metrics/train/ce.json"
+    target.unlink()
+    target.mkdir()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "ce"], cwd=project.path,
+                              env=project.env, capture_output=True, text=True)  # fmt: skip
+    finally:
+        target.rmdir()
+        project.run("git", "checkout", "metrics/train/ce.json")
+    assert done.returncode != 0
+    statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce"})]
+    assert statuses.count("FAILED") == 1 and "RUNNING" not in statuses
+    assert project.repro() == []  # the workspace is as DVC left it
