@@ -93,16 +93,16 @@ def fit(
         correct = torch.zeros((), device=device, dtype=torch.long)
         for idx in batch_indices(len(labels), config.batch_size, order, device):
             x, y = normalize(images[idx]), labels[idx]
-            student_out = model(x)
+            out = model(x)
             with torch.no_grad():
                 teacher_out = teacher(x) if teacher is not None else None
-            terms = loss_fn(student_out, teacher_out, y, head)
+            terms = loss_fn(out, teacher_out, y, head)
             optimizer.zero_grad(set_to_none=True)
             terms[TOTAL].backward()
             optimizer.step()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach() * len(idx)
-            correct += (student_out.logits.argmax(dim=1) == y).sum()
+            correct += (out.logits.argmax(dim=1) == y).sum()
             bar.update()
         metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
         metrics["train_accuracy"] = correct.item() / len(labels)

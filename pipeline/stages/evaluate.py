@@ -40,9 +40,13 @@ def main() -> None:
             "parameters": n_params,
             "teacher_agreement": agreement(logits, teacher_logits),
         }
-    with tracking.stage_run(
-        "evaluate", p.mlflow.experiment, {"data.test_size": p.data.test_size}, p.data.md5
-    ) as r:
+    used = {
+        "data": {"md5": p.data.md5, "test_size": p.data.test_size},
+        "normalize": {"mean": p.normalize.mean, "std": p.normalize.std},
+        "train": {"device": p.train.device},
+        "variants": list(p.variants),
+    }
+    with tracking.stage_run("evaluate", p.mlflow.experiment, used, p.data.md5) as r:
         r.log_metrics(results)
     files.write_json(_outputs.EVALUATION, results)
 
