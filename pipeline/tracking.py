@@ -138,8 +138,9 @@ class StageRun:
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics(dict(metrics), step=epoch)
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        mlflow.log_metrics(_flatten(metrics))
+    def log_metrics(self, metrics: Mapping[str, Any], to_parent: bool = False) -> None:
+        """Nested mappings become dotted names, as `dvc metrics show` prints them."""
+        mlflow.log_metrics(_flatten(metrics), run_id=self.parent_id if to_parent else self.run_id)
 
     def log_dataset(self, url: str, md5: str, sizes: Mapping[str, int]) -> None:
         """The archive as the run's input: MLflow's dataset digest is the archive's MD5."""
@@ -176,5 +177,4 @@ class StageRun:
         return info.model_uri
 
     def log_artifact(self, path: Path, to_parent: bool = False) -> None:
-        run_id = self.parent_id if to_parent else self.run_id
-        MlflowClient().log_artifact(run_id, str(path))
+        mlflow.log_artifact(str(path), run_id=self.parent_id if to_parent else self.run_id)

@@ -125,6 +125,10 @@ def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repr
             == yaml.safe_load((project.path / "params.yaml").read_text())["data"]["md5"]
         )
     assert by_name["pipeline"].info.status == "FINISHED"
+    # the report and the headline numbers sit on the parent, so its row in the UI shows them
+    assert "students.kd.test_accuracy" in by_name["pipeline"].data.metrics
+    artifacts = [a.path for a in project.client.list_artifacts(parent)]
+    assert artifacts == ["comparison.md"]
     assert (project.path / "mlartifacts").is_dir() and not (project.path / "mlruns").exists()
 
 

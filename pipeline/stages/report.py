@@ -19,7 +19,9 @@ def main() -> None:
         with files.atomic_path(_outputs.REPORT) as tmp:
             tmp.write_text(table)
         r.log_artifact(_outputs.REPORT)
+        # The parent groups the invocation: with the results on it, its row in the UI shows them.
         r.log_artifact(_outputs.REPORT, to_parent=True)
+        r.log_metrics(evaluation, to_parent=True)
     print(table)
 
 
