@@ -24,6 +24,7 @@ import numpy as np
 import safetensors
 import safetensors.torch
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.datasets.utils import calculate_md5
 from tqdm import tqdm
@@ -247,6 +248,21 @@ def subset(split: Split, size: int | None) -> Split:
     if size > len(split.labels):
         raise DataError(f"subset of {size} requested, but the split has only {len(split.labels)}")
     return Split(split.images[:size], split.labels[:size])
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the image padded by 4 px, and a horizontal flip half of the time, for a
+    uint8 batch on any device, drawn from `generator` so it is reproducible."""
+    n = len(images)
+    offsets = torch.randint(0, 9, (2, n), generator=generator).to(images.device)
+    flips = torch.rand(n, generator=generator).to(images.device) < 0.5
+    padded = F.pad(images, (4, 4, 4, 4))
+    steps = torch.arange(32, device=images.device)
+    rows = (offsets[0, :, None] + steps)[:, :, None]  # n x 32 x 1
+    cols = (offsets[1, :, None] + steps)[:, None, :]  # n x 1 x 32
+    cols = torch.where(flips[:, None, None], cols.flip(-1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def batch_indices(

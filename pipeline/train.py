@@ -1,7 +1,9 @@
 """One fit() for the teacher and for every student.
 
-The loop is method-agnostic: the bound loss function decides what is computed, the optional teacher
-is frozen here and only here, and an optional head (the regressor's) is trained alongside the model.
+The loop is method-agnostic: the bound loss function decides what is computed, the teacher's targets
+come from a function (a live frozen teacher, or outputs cached once), and an optional head (the
+regressor's) is trained alongside the model. Convolutions run channels_last, under bf16 autocast
+when config.precision says so.
 Images stay uint8 on the training device and are normalised per batch there; batches are drawn by
 index with a generator seeded from `seed`, so runs with the same seed see the same batches in the same
 order. Losses and accuracy accumulate on the device and are read back once per epoch.
@@ -9,6 +11,7 @@ order. Losses and accuracy accumulate on the device and are read back once per e
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,9 +20,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.data import Normalizer, Split, batch_indices
+from pipeline.data import Normalizer, Split, augment, batch_indices
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import TOTAL, Terms
+from pipeline.models import Outputs
 
 CPU = torch.device("cpu")
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -32,6 +36,15 @@ class FitConfig:
     lr: float
     seed: int
     device: torch.device = CPU
+    precision: str = "fp32"  # or "bf16": autocast to bfloat16 where the device supports it
+    augment: bool = False  # random crop (4 px padding) and horizontal flip, on the device
+
+
+PRECISIONS = ("fp32", "bf16")
+
+# The teacher's targets for a batch: given the batch's indices into the training set and its
+# (normalised, possibly augmented) images. A live teacher uses the images; a cache uses the indices.
+Targets = Callable[[torch.Tensor, torch.Tensor], Outputs]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,11 +54,60 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU and on GPUs that support it; fp32 (a no-op) otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def freeze(teacher: nn.Module) -> nn.Module:
     """Eval mode (dropout off) and no gradients: the teacher only provides targets."""
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def live_teacher(teacher: nn.Module, precision: str) -> Targets:
+    """Targets from running the frozen teacher on each batch (needed when batches are augmented)."""
+    device = next(teacher.parameters()).device
+    freeze(teacher.to(memory_format=torch.channels_last))
+
+    @torch.no_grad()
+    def targets(idx: torch.Tensor, x: torch.Tensor) -> Outputs:
+        with autocast(device, precision):
+            out = teacher(x)
+        return Outputs(out.logits.float(), out.features.float())
+
+    return targets
+
+
+def cached_teacher(cache: Outputs) -> Targets:
+    """Targets looked up by index in outputs computed once (exact without augmentation)."""
+    return lambda idx, x: Outputs(cache.logits[idx], cache.features[idx])
+
+
+@torch.no_grad()
+def teacher_outputs(
+    teacher: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalizer,
+    precision: str,
+    batch_size: int = 512,
+) -> Outputs:
+    """The frozen teacher's logits and feature maps for every image (on the images' device)."""
+    targets = live_teacher(teacher, precision)
+    normalize = normalize.to(images.device)
+    outs = [
+        targets(None, normalize(chunk).contiguous(memory_format=torch.channels_last))
+        for chunk in images.split(batch_size)
+    ]
+    return Outputs(
+        torch.cat([o.logits for o in outs]),
+        torch.cat([o.features for o in outs]).contiguous(),
+    )
 
 
 def fit(
@@ -55,7 +117,7 @@ def fit(
     config: FitConfig,
     normalize: Normalizer,
     *,
-    teacher: nn.Module | None = None,
+    targets: Targets | None = None,
     head: nn.Module | None = None,
     eval_sets: Mapping[str, Split] | None = None,
     on_epoch: EpochCallback | None = None,
@@ -63,18 +125,17 @@ def fit(
 ) -> nn.Module:
     """Train `model` (and `head`) with Adam on `loss_fn`; returns the trained model.
 
-    After each epoch `on_epoch(epoch, metrics)` gets the epoch's mean of every loss component as
-    `train_<component>` (the total as `train_loss`), `train_accuracy`, `<name>_accuracy` for each
-    split in `eval_sets` and `epoch_seconds`. Epochs count from 1.
+    `targets` gives the teacher's outputs per batch (live_teacher or cached_teacher), None when the
+    method needs no teacher. After each epoch `on_epoch(epoch, metrics)` gets the epoch's mean of
+    every loss component as `train_<component>` (the total as `train_loss`), `train_accuracy`,
+    `<name>_accuracy` for each split in `eval_sets` and `epoch_seconds`. Epochs count from 1.
     """
     device = config.device
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
     normalize = normalize.to(device)
-    if teacher is not None:
-        freeze(teacher.to(device))
+    trainable = [*model.parameters()]
     if head is not None:
-        head.to(device)
-    trainable = [*model.parameters(), *(head.parameters() if head is not None else [])]
+        trainable += head.to(device, memory_format=torch.channels_last).parameters()
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
 
     images, labels = train.images.to(device), train.labels.to(device)
@@ -92,24 +153,24 @@ def fit(
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device, dtype=torch.long)
         for idx in batch_indices(len(labels), config.batch_size, order, device):
-            x, y = normalize(images[idx]), labels[idx]
-            out = model(x)
-            with torch.no_grad():
-                teacher_out = teacher(x) if teacher is not None else None
-            terms = loss_fn(out, teacher_out, y, head)
+            batch = augment(images[idx], order) if config.augment else images[idx]
+            x, y = normalize(batch).contiguous(memory_format=torch.channels_last), labels[idx]
+            teacher_out = targets(idx, x) if targets is not None else None
+            with autocast(device, config.precision):
+                out = model(x)
+                terms = loss_fn(out, teacher_out, y, head)
             optimizer.zero_grad(set_to_none=True)
             terms[TOTAL].backward()
             optimizer.step()
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0) + value.detach() * len(idx)
+                sums[name] = sums.get(name, 0) + value.detach().float() * len(idx)
             correct += (out.logits.argmax(dim=1) == y).sum()
             bar.update()
         metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
         metrics["train_accuracy"] = correct.item() / len(labels)
-        for name, split in on_device.items():
-            metrics[f"{name}_accuracy"] = accuracy(
-                predict(model, split.images, normalize), split.labels
-            )
+        for name, split in on_device.items():  # in fp32, as the evaluate stage and deployment
+            logits = predict(model, split.images, normalize)
+            metrics[f"{name}_accuracy"] = accuracy(logits, split.labels)
         metrics["epoch_seconds"] = time.perf_counter() - started
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         tqdm.write(f"{desc} epoch {epoch}/{config.epochs}: {shown}")
@@ -117,4 +178,4 @@ def fit(
             on_epoch(epoch, metrics)
     bar.close()
     optimizer.zero_grad(set_to_none=True)  # the returned model carries no stale gradients
-    return model
+    return model.to(memory_format=torch.contiguous_format)

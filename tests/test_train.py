@@ -5,7 +5,7 @@ import torch
 from cifar_archive import make_archive
 
 from pipeline import data, losses, models
-from pipeline.train import FitConfig, fit
+from pipeline.train import FitConfig, fit, live_teacher
 
 NORMALIZE = data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CONFIG = FitConfig(epochs=2, batch_size=32, lr=1e-3, seed=42)
@@ -33,7 +33,7 @@ def train_student(tiny, teacher, method: str, params: dict, **kwargs) -> torch.n
         losses.bind(method, params),
         CONFIG,
         NORMALIZE,
-        teacher=teacher if spec.needs_teacher else None,
+        targets=live_teacher(teacher, "fp32") if spec.needs_teacher else None,
         head=head,
         **kwargs,
     )
@@ -130,3 +130,77 @@ def test_plain_epoch_lines_when_not_a_terminal(tiny, capsys):
     captured = capsys.readouterr()
     assert "student epoch 1/1: train_ce " in captured.out
     assert "\r" not in captured.out + captured.err  # no progress bar redraws in logs
+
+
+def test_cached_teacher_outputs_equal_live_ones(tiny, teacher):
+    from pipeline.train import cached_teacher, teacher_outputs
+
+    cache = teacher_outputs(teacher, tiny.train.images, NORMALIZE, "fp32", batch_size=64)
+    live = live_teacher(teacher, "fp32")
+    idx = torch.tensor([5, 0, 17, 3])
+    x = NORMALIZE(tiny.train.images[idx]).contiguous(memory_format=torch.channels_last)
+    expected, got = live(idx, x), cached_teacher(cache)(idx, x)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.features, expected.features, rtol=1e-4, atol=1e-5)
+    assert cache.features.shape == (len(tiny.train.labels), 32, 8, 8)
+
+
+def test_training_from_the_cache_matches_training_from_the_live_teacher(tiny, teacher):
+    from pipeline.train import cached_teacher, teacher_outputs
+
+    params = {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}
+    live = train_student(tiny, teacher, "kd", params)
+    cache = teacher_outputs(teacher, tiny.train.images, NORMALIZE, "fp32")
+    cached = fit(models.build("LightNN", CONFIG.seed), tiny.train, losses.bind("kd", params), CONFIG,
+                 NORMALIZE, targets=cached_teacher(cache))  # fmt: skip
+    for (name, a), b in zip(live.state_dict().items(), cached.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "cosine", "regressor"])
+def test_bf16_trains_every_method(tiny, teacher, method):
+    params = {"ce": {}, "kd": {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}}.get(
+        method, {"distill_weight": 0.25, "ce_weight": 0.75}
+    )
+    spec = losses.get(method)
+    config = FitConfig(2, 32, 1e-3, 42, precision="bf16")
+    seen = []
+    student = fit(models.build("LightNN", 42), tiny.train, losses.bind(method, params), config, NORMALIZE,
+                  targets=live_teacher(teacher, "bf16") if spec.needs_teacher else None,
+                  head=spec.make_head() if spec.make_head else None,
+                  on_epoch=lambda e, m: seen.append(m))  # fmt: skip
+    assert all(p.dtype == torch.float32 for p in student.parameters())  # master weights stay fp32
+    assert seen[1]["train_loss"] < seen[0]["train_loss"] and all(
+        torch.isfinite(torch.tensor(v)) for v in seen[1].values()
+    )
+
+
+def test_augmentation_crops_and_flips_reproducibly():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    a = data.augment(images, torch.Generator().manual_seed(3))
+    b = data.augment(images, torch.Generator().manual_seed(3))
+    assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert not torch.equal(a, images)
+    # every output is a shifted (and maybe mirrored) window of the zero-padded input
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(8):
+        windows = [padded[i, :, y : y + 32, x : x + 32] for y in range(9) for x in range(9)]
+        assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(-1)) for w in windows)
+
+
+def test_augmented_training_with_a_live_teacher_is_seeded(tiny, teacher):
+    config = FitConfig(1, 32, 1e-3, 42, augment=True)
+    params = {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}
+    a, b = (
+        fit(
+            models.build("LightNN", 42),
+            tiny.train,
+            losses.bind("kd", params),
+            config,
+            NORMALIZE,
+            targets=live_teacher(teacher, "fp32"),
+        )
+        for _ in range(2)
+    )
+    assert same_weights(a, b)
+    assert not same_weights(a, train_student(tiny, teacher, "kd", params))
