@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline import losses
+from pipeline.train import PRECISIONS
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -65,8 +66,13 @@ class TrainParams:
     lr: float
     seed: int
     device: str = "auto"  # "auto" picks CUDA when present, else CPU; or any torch device string
+    precision: str = "bf16"  # or "fp32"; see README, Performance
 
     def _check(self, where: str) -> None:
+        if self.precision not in PRECISIONS:
+            raise ParamsError(
+                f"{where}.precision = {self.precision!r}: expected one of {', '.join(PRECISIONS)}"
+            )
         if self.batch_size < 1:
             raise ParamsError(f"{where}.batch_size = {self.batch_size}: must be >= 1")
         if self.lr <= 0:
@@ -91,6 +97,7 @@ class Variant:
     name: str
     method: str
     options: tuple[tuple[str, float], ...]
+    augment: bool = False  # random crop + flip; the teacher then runs live on every batch
 
     @property
     def kwargs(self) -> dict[str, float]:
@@ -153,12 +160,15 @@ def parse_variants(raw: Any) -> dict[str, Variant]:
             raise ParamsError("variants.teacher: 'teacher' names the teacher's outputs; rename it")
         if not isinstance(spec, dict) or "method" not in spec:
             raise ParamsError(f"variants.{name} = {spec!r}: expected a mapping with a 'method'")
-        options = {k: v for k, v in spec.items() if k != "method"}
+        options = {k: v for k, v in spec.items() if k not in ("method", "augment")}
+        augment = spec.get("augment", False)
+        if not isinstance(augment, bool):
+            raise ParamsError(f"variants.{name}.augment = {augment!r}: expected true or false")
         try:
             losses.bind(spec["method"], options)
         except ValueError as e:
             raise ParamsError(f"variants.{name}: {e}") from None
-        variants[name] = Variant(name, spec["method"], tuple(options.items()))
+        variants[name] = Variant(name, spec["method"], tuple(options.items()), augment)
     return variants
 
 

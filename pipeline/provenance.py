@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 EXPS_TMP = (".dvc", "tmp", "exps")
+# What defines a pipeline's results, besides the data (pinned by data.md5 in params.yaml).
+INPUTS = ("params.yaml", "dvc.yaml", "pipeline", "requirements.lock")
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -38,8 +40,9 @@ def git_commit() -> str:
 
 
 def git_dirty() -> bool:
-    """True when tracked files differ from HEAD (untracked outputs do not count)."""
-    return bool((_git("status", "--porcelain", "--untracked-files=no") or "").strip())
+    """True when the pipeline's inputs (code, params, stages, lock) differ from HEAD. Outputs do not
+    count: DVC rewrites them, dvc.lock and .gitignore files while the pipeline runs."""
+    return bool((_git("status", "--porcelain", "--", *INPUTS) or "").strip())
 
 
 def dvc_experiment() -> str | None:
@@ -47,7 +50,7 @@ def dvc_experiment() -> str | None:
     return os.environ.get("DVC_EXP_NAME") or None
 
 
-def invocation_key(inputs: tuple[str, ...] = ("params.yaml", "dvc.yaml", "pipeline")) -> str:
+def invocation_key(inputs: tuple[str, ...] = INPUTS) -> str:
     """Equal for every stage of one pipeline invocation, different across invocations that could
     produce different results: a hash of the commit, the experiment's name and the content of the
     pipeline's inputs (params, stage definitions, code). Outputs are left out on purpose: DVC

@@ -135,6 +135,9 @@ class StageRun:
         self.run_id = run_id
         self.parent_id = parent_id
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(dict(tags))
+
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics(dict(metrics), step=epoch)
 

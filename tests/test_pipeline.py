@@ -27,7 +27,7 @@ from pipeline import data, models
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "train_teacher", "distill@ce", "distill@kd", "distill@cosine",
+STAGES = ["download", "train_teacher", "teacher_outputs", "distill@ce", "distill@kd", "distill@cosine",
           "distill@regressor", "evaluate", "report"]  # fmt: skip
 STUDENTS = ["ce", "kd", "cosine", "regressor"]
 
@@ -156,7 +156,9 @@ def test_training_runs_log_params_epochs_dataset_and_a_loadable_model(project, f
         assert pyfunc.predict(test_images.numpy()).shape == (5, 10)
         # the signature speaks uint8 images, so a serving client knows what to send
         assert pyfunc.metadata.signature.inputs.numpy_types()[0] == np.uint8
+        assert run.data.tags["device"] == "cpu" and run.data.tags["precision"] == "bf16"
     (kd,) = project.runs(**{"dvc.stage": "distill@kd"})
+    assert kd.data.tags["teacher_outputs"] == "cached"
     assert (
         kd.data.params["variant.temperature"] == "2.0" and kd.data.params["variant.method"] == "kd"
     )
@@ -276,3 +278,19 @@ def test_a_failing_stage_leaves_its_run_failed(project, first_repro):
     statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce"})]
     assert statuses.count("FAILED") == 1 and "RUNNING" not in statuses
     assert project.repro() == []  # the workspace is as DVC left it
+
+
+def test_an_augmenting_variant_is_one_params_entry_and_runs_its_teacher_live(project, first_repro):
+    doc = yaml.safe_load((project.path / "params.yaml").read_text())
+    doc["variants"]["kd_aug"] = {**doc["variants"]["kd"], "augment": True}
+    (project.path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        out = project.run("dvc", "repro")
+    finally:
+        project.run("git", "checkout", "params.yaml")
+    assert re.findall(r"Running stage '([^']+)'", out) == ["distill@kd_aug", "evaluate", "report"]
+    assert "augmentation is on, so the teacher runs live" in out
+    (run,) = project.runs(**{"dvc.stage": "distill@kd_aug"})
+    assert (
+        run.data.tags["teacher_outputs"] == "live" and run.data.params["variant.augment"] == "True"
+    )

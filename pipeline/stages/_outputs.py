@@ -4,6 +4,7 @@ from pathlib import Path
 
 DATA = Path("data/cifar10.safetensors")
 TEACHER_MODEL = Path("models/teacher.safetensors")
+TEACHER_OUTPUTS = Path("data/teacher_outputs.safetensors")
 EVALUATION = Path("metrics/evaluation.json")
 REPORT = Path("reports/comparison.md")
 

@@ -12,7 +12,7 @@ from pipeline import data, files, models, tracking
 from pipeline.losses import Terms
 from pipeline.params import Params
 from pipeline.stages import _outputs
-from pipeline.train import FitConfig, fit, resolve_device
+from pipeline.train import FitConfig, Targets, fit, resolve_device
 
 # Wall-clock figures go to MLflow only: DVC outputs must be the same on every rerun.
 TIMING = ("epoch_seconds",)
@@ -46,16 +46,21 @@ def train_and_record(
     loss_fn: Callable[..., Terms],
     epochs: int,
     run_params: dict[str, Any],
-    teacher: nn.Module | None = None,
+    targets: Targets | None = None,
+    teacher_source: str | None = None,
     head: nn.Module | None = None,
+    augment: bool = False,
 ) -> None:
     """Fit `net`, log the run to MLflow, then write the DVC outputs of `role` (last, so a failure
     leaves none of them)."""
     device = resolve_device(p.train.device)
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
-    config = FitConfig(epochs, p.train.batch_size, p.train.lr, p.train.seed, device)
+    config = FitConfig(epochs, p.train.batch_size, p.train.lr, p.train.seed, device,
+                       p.train.precision, augment)  # fmt: skip
     history: list[dict[str, float]] = []
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
+        tags = {"device": str(device), "precision": p.train.precision}
+        run.set_tags(tags | ({"teacher_outputs": teacher_source} if teacher_source else {}))
         run.log_dataset(
             p.data.url, p.data.md5, {"train": len(ds.train.labels), "test": len(ds.test.labels)}
         )
@@ -67,7 +72,7 @@ def train_and_record(
             )
 
         started = time.perf_counter()
-        fit(net, ds.train, loss_fn, config, normalize, teacher=teacher, head=head,
+        fit(net, ds.train, loss_fn, config, normalize, targets=targets, head=head,
             eval_sets={"test": ds.test}, on_epoch=on_epoch, desc=stage)  # fmt: skip
         # The per-epoch metrics are already in the run (MLflow shows their last value); add the rest.
         summary = {"parameters": models.count_parameters(net)}
