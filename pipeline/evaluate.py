@@ -13,13 +13,20 @@ def predict(
     model: nn.Module,
     images: torch.Tensor,
     normalize: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> torch.Tensor:
-    """Logits for uint8 `images` (on the model's device), in eval mode, batch by batch."""
+    """Logits for uint8 `images` (on the model's device), in eval mode, batch by batch.
+
+    Inputs go in channels_last, the faster layout for these convolutions on CPU and GPU."""
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(normalize(chunk)).logits for chunk in images.split(batch_size)])
+        return torch.cat(
+            [
+                model(normalize(chunk).contiguous(memory_format=torch.channels_last)).logits
+                for chunk in images.split(batch_size)
+            ]
+        )
     finally:
         model.train(was_training)
 

@@ -168,8 +168,11 @@ def fit(
             bar.update()
         metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
         metrics["train_accuracy"] = correct.item() / len(labels)
-        for name, split in on_device.items():  # in fp32, as the evaluate stage and deployment
-            logits = predict(model, split.images, normalize)
+        # Monitoring at the training precision (bf16 halves the teacher's evaluation time and moved
+        # test accuracy by < 0.1 point here); the evaluate stage measures the final models in fp32.
+        for name, split in on_device.items():
+            with autocast(device, config.precision):
+                logits = predict(model, split.images, normalize)
             metrics[f"{name}_accuracy"] = accuracy(logits, split.labels)
         metrics["epoch_seconds"] = time.perf_counter() - started
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
