@@ -33,6 +33,7 @@ from pipeline.train import (
     fit,
     resolve_device,
     teacher_outputs,
+    tune_allocator,
 )
 
 KD = {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}
@@ -136,6 +137,7 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--skip-reference", action="store_true", help="time our engine only")
     args = ap.parse_args()
+    tune_allocator()  # for both loops, as the pipeline's stages do
     device = resolve_device(args.device)
     name = (
         torch.cuda.get_device_name(device)

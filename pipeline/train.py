@@ -12,6 +12,7 @@ order. Losses and accuracy accumulate on the device and are read back once per e
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,25 @@ PRECISIONS = ("fp32", "bf16")
 # The teacher's targets for a batch: given the batch's indices into the training set and its
 # (normalised, possibly augmented) images. A live teacher uses the images; a cache uses the indices.
 Targets = Callable[[torch.Tensor, torch.Tensor], Outputs]
+
+
+def tune_allocator() -> None:
+    """Keep glibc malloc from returning each batch's multi-megabyte buffers to the OS.
+
+    By default glibc serves large allocations with mmap and unmaps them on free, so every training
+    step pays fresh page faults for its activations: measured here, a LightNN epoch took 4.4 s
+    instead of 2.7 s in a fresh process. Raising the mmap and trim thresholds keeps that memory in
+    the heap. Process-wide, so it is called by entry points; a no-op where libc is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's maximum
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from pipeline.data import DataError
 from pipeline.params import ParamsError
+from pipeline.train import tune_allocator
 
 # Problems the user can fix from the message alone: shown as one line, no traceback.
 USER_ERRORS = (DataError, ParamsError, ValueError)
@@ -24,6 +25,7 @@ def run(main: Callable[[], None]) -> None:
     unwinds like Ctrl-C: the MLflow run is closed as KILLED and temporary files are removed.
     """
     signal.signal(signal.SIGTERM, _interrupt)
+    tune_allocator()
     try:
         main()
     except USER_ERRORS as e:
