@@ -1,4 +1,5 @@
-"""Builds small archives in the exact layout of the official cifar-10-python.tar.gz, for tests.
+"""Builds small archives in the exact layout of the official cifar-10-python.tar.gz, for tests
+(pickled the way the official Python 2 files are, so torchvision's reader takes them too).
 
 Images of class k are noise around a class-specific colour, so a model can learn them in one epoch
 and a test can tell learning from chance.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 
@@ -26,6 +28,28 @@ def make_batch(n: int, rng: np.random.Generator) -> dict:
     return {b"batch_label": b"test", b"labels": labels.tolist(), b"data": data}
 
 
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` opcodes, as the official (Python 2) files have them, so they
+    load as bytes with encoding="bytes" (our reader) and as str with encoding="latin1" (torchvision)."""
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)  # noqa: RUF012 -- the stdlib pickler's own table
+    dispatch[bytes] = save_bytes
+
+
+def dumps(obj) -> bytes:
+    buffer = io.BytesIO()
+    _Py2Pickler(buffer, protocol=2).dump(obj)
+    # numpy 2 pickles arrays under numpy._core; the official files name numpy.core
+    return buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
 def make_archive(
     path: Path,
     per_batch: int = 40,
@@ -38,11 +62,9 @@ def make_archive(
     archives.
     """
     rng = np.random.default_rng(seed)
-    payloads = {
-        "batches.meta": pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}, protocol=2)
-    }
+    payloads = {"batches.meta": dumps({b"label_names": [c.encode() for c in CLASSES]})}
     for name in BATCHES:
-        payloads[name] = pickle.dumps(make_batch(per_batch, rng), protocol=2)
+        payloads[name] = dumps(make_batch(per_batch, rng))
     payloads.update(members or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:
