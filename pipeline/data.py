@@ -10,15 +10,15 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 import safetensors
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.datasets.utils import calculate_md5
-from tqdm import tqdm
 
+from pipeline import progress
 from pipeline.files import atomic_path
 
 ARCHIVE_DIR = "cifar-10-batches-py"
@@ -88,21 +88,27 @@ def _copy_from(url: str, out: io.BufferedWriter, timeout: float) -> None:
         if not path.is_file():
             raise DataError(f"archive not found: {path} (from data.url={url!r}); fix data.url")
         with open(path, "rb") as src:
-            shutil.copyfileobj(src, out, length=1 << 20)
+            _copy_with_progress(src, out, path.stat().st_size)
         return
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="download", disable=None) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+            _copy_with_progress(response, out, int(response.headers.get("Content-Length") or 0))
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         reason = getattr(e, "reason", e)
         raise DataError(
             f"cannot download {url}: {reason}; without network, get cifar-10-python.tar.gz "
             "elsewhere and set data.url to its local path or file:// URL"
         ) from e
+
+
+def _copy_with_progress(src: BinaryIO, out: io.BufferedWriter, total: int) -> None:
+    started = time.perf_counter()
+    with progress.bar(total=total or None, unit="B", unit_scale=True, desc="download") as bar:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+            bar.update(len(chunk))
+    done = out.tell()
+    print(f"download: {done / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 # --- reading the archive -----------------------------------------------------------------------

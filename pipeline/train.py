@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline import progress
 from pipeline.data import Normalizer, Split, augment, batch_indices
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import TOTAL, Terms
@@ -169,7 +170,7 @@ def fit(
     torch.manual_seed(config.seed)  # dropout masks: the same stream for every variant
 
     steps_per_epoch = -(-len(labels) // config.batch_size)
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc=desc, unit="step", disable=None)
+    bar = progress.bar(total=config.epochs * steps_per_epoch, desc=desc, unit="step")
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
