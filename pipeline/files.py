@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -26,9 +27,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any, compact: bool = False) -> None:
+    """Indented for people to read (metrics); `compact` for long records (plot data)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=None if compact else 2) + "\n")
+
+
+def md5(blob: bytes) -> str:
+    """The MD5 of a file's bytes: what dvc.lock records for it, so MLflow can name the same file."""
+    return hashlib.md5(blob, usedforsecurity=False).hexdigest()
 
 
 def _umask() -> int:

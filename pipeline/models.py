@@ -107,10 +107,14 @@ class Classifier(nn.Module):
         return self.net(self.normalize(images)).logits
 
 
-def save_weights(net: nn.Module, path: Path) -> None:
+def weights_bytes(net: nn.Module) -> bytes:
     """Weights as safetensors: the same weights give the same bytes (a stable DVC hash)."""
+    return safetensors.torch.save({k: v.contiguous() for k, v in net.state_dict().items()})
+
+
+def save_weights(net: nn.Module, path: Path) -> None:
     with atomic_path(path) as tmp:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
+        tmp.write_bytes(weights_bytes(net))
 
 
 def load_weights(arch: str, path: Path) -> nn.Module:

@@ -38,6 +38,8 @@ DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 INVOCATION_TAG = "pipeline.invocation"
 PARENT_RUN = "pipeline"
+MODEL_MD5_TAG = "model.md5"  # set by training stages: the MD5 of the saved weights file
+MODEL_URI_TAG = "model.uri"  # the models:/ URI of the model the run logged
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 # MLflow's logger is chatty about things the user did not do (e.g. store migrations) at INFO.
@@ -110,7 +112,7 @@ def stage_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
         mlflow.log_params(_flatten(params))
         try:
-            yield StageRun(run.info.run_id, parent_id)
+            yield StageRun(run.info.run_id, parent_id, experiment_id)
         except KeyboardInterrupt:  # SIGINT, or SIGTERM as stages/_cli.py maps it
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
@@ -131,12 +133,17 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class StageRun:
     """What a stage logs into its run."""
 
-    def __init__(self, run_id: str, parent_id: str):
+    def __init__(self, run_id: str, parent_id: str, experiment_id: str):
         self.run_id = run_id
         self.parent_id = parent_id
+        self.experiment_id = experiment_id
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         mlflow.set_tags(dict(tags))
+
+    def tag_weights(self, weights_md5: str) -> None:
+        """The MD5 of the saved weights file: what links the DVC output to this run's model."""
+        mlflow.set_tag(MODEL_MD5_TAG, weights_md5)
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics(dict(metrics), step=epoch)
@@ -177,7 +184,49 @@ class StageRun:
                 f"numpy=={np.__version__}",
             ],
         )
+        mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
         return info.model_uri
 
     def log_artifact(self, path: Path, to_parent: bool = False) -> None:
         mlflow.log_artifact(str(path), run_id=self.parent_id if to_parent else self.run_id)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        MlflowClient().log_figure(self.run_id, figure, artifact_file)
+
+    def register_model(
+        self,
+        weights_md5: str,
+        name: str,
+        alias: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """Register, as a version of `name`, the model logged by the training run whose weights
+        have this MD5 (the hash dvc.lock records for the file); None when no run holds it.
+
+        A version with these weights is reused rather than registered again, so rerunning the
+        report does not multiply versions. `alias` (e.g. "champion") is moved to that version.
+        """
+        client = MlflowClient()
+        runs = client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{MODEL_MD5_TAG}` = '{weights_md5}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs or MODEL_URI_TAG not in runs[0].data.tags:
+            return None
+        existing = [
+            v
+            for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get(MODEL_MD5_TAG) == weights_md5
+        ]
+        if existing:
+            version = existing[0].version
+        else:
+            uri = runs[0].data.tags[MODEL_URI_TAG]
+            version = mlflow.register_model(uri, name, tags={MODEL_MD5_TAG: weights_md5}).version
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(name, version, key, value)
+        if alias:
+            client.set_registered_model_alias(name, alias, version)
+        return str(version)

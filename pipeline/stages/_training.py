@@ -78,7 +78,12 @@ def train_and_record(
         summary = {"parameters": models.count_parameters(net)}
         run.log_metrics({**summary, "train_seconds": time.perf_counter() - started})
         final = {**{k: v for k, v in history[-1].items() if k != "epoch"}, **summary}
+        weights = models.weights_bytes(net)
+        # The weights' MD5 is the hash dvc.lock records for the model file: it links each DVC
+        # output to the run (and logged model) that produced it.
+        run.tag_weights(files.md5(weights))
         run.log_model(models.Classifier(net, normalize), ds.test.images[:2])
-        models.save_weights(net, _outputs.model(role))
+        with files.atomic_path(_outputs.model(role)) as tmp:
+            tmp.write_bytes(weights)
         files.write_json(_outputs.train_metrics(role), final)
         files.write_json(_outputs.train_history(role), history)
