@@ -91,6 +91,48 @@ class RoleParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """How the deployment figures are measured (CPU, fp32, the deployable model, one process)."""
+
+    latency_iters: int = 200  # timed batch-1 calls for the median and p95 (after warm-up)
+    throughput_iters: int = 10  # timed batch-256 calls (after warm-up)
+
+    def _check(self, where: str) -> None:
+        if self.latency_iters < 20:
+            raise ParamsError(
+                f"{where}.latency_iters = {self.latency_iters}: must be >= 20 (for a p95)"
+            )
+        if self.throughput_iters < 1:
+            raise ParamsError(f"{where}.throughput_iters = {self.throughput_iters}: must be >= 1")
+
+
+# What a champion may be selected by, and whether more is better.
+SELECTABLE = {
+    "test_accuracy": "max",
+    "teacher_agreement": "max",
+    "teacher_kl": "min",
+    "ece": "min",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryParams:
+    """Names in the MLflow model registry, and how the student called `champion` is chosen."""
+
+    teacher: str = "cifar10-teacher"
+    student: str = "cifar10-student"
+    select_by: str = "test_accuracy"
+
+    def _check(self, where: str) -> None:
+        if self.select_by not in SELECTABLE:
+            raise ParamsError(
+                f"{where}.select_by = {self.select_by!r}: expected one of {', '.join(SELECTABLE)}"
+            )
+        if self.teacher == self.student:
+            raise ParamsError(f"{where}.teacher and .student = {self.teacher!r}: must differ")
+
+
+@dataclasses.dataclass(frozen=True)
 class Variant:
     """One student: a distillation method and that method's parameters (checked by losses.bind)."""
 
@@ -112,6 +154,8 @@ class Params:
     train: TrainParams
     teacher: RoleParams
     student: RoleParams
+    evaluate: EvaluateParams
+    registry: RegistryParams
     variants: dict[str, Variant]
 
     def variant(self, name: str) -> Variant:
@@ -129,6 +173,8 @@ SECTIONS = {
     "train": TrainParams,
     "teacher": RoleParams,
     "student": RoleParams,
+    "evaluate": EvaluateParams,
+    "registry": RegistryParams,
 }
 
 

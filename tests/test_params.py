@@ -5,8 +5,10 @@ import yaml
 
 from pipeline.params import (
     DataParams,
+    EvaluateParams,
     NormalizeParams,
     ParamsError,
+    RegistryParams,
     RoleParams,
     TrainParams,
     load_all,
@@ -126,3 +128,12 @@ def test_unknown_or_missing_sections_are_named(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ParamsError, match="section 'teacher' is missing"):
         load_all(path)
+
+
+def test_evaluate_and_registry_sections():
+    assert parse(EvaluateParams, {}, "evaluate").latency_iters == 200
+    with pytest.raises(ParamsError, match=r"evaluate\.latency_iters = 5: must be >= 20"):
+        parse(EvaluateParams, {"latency_iters": 5}, "evaluate")
+    assert parse(RegistryParams, {}, "registry").select_by == "test_accuracy"
+    with pytest.raises(ParamsError, match=r"registry\.select_by = 'acc': expected one of test_a"):
+        parse(RegistryParams, {"select_by": "acc"}, "registry")

@@ -4,6 +4,7 @@ The project is copied into a fresh git repository under a temp folder; the tests
 run in order against that one copy (each builds on the state the previous one left).
 """
 
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,10 @@ pytestmark = pytest.mark.slow
 STAGES = ["download", "train_teacher", "teacher_outputs", "distill@ce", "distill@kd", "distill@cosine",
           "distill@regressor", "evaluate", "report"]  # fmt: skip
 STUDENTS = ["ce", "kd", "cosine", "regressor"]
+MODELS = ["teacher", *STUDENTS]
+# Outputs that hold measured latency/throughput, so they differ between runs of the same models.
+TIMED = {"metrics/speed.json", "reports/comparison.md", "reports/tradeoff.png"}
+TEST_IMAGES = 40  # make_archive(per_batch=40): one test batch
 
 
 class Project:
@@ -128,7 +133,7 @@ def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repr
     # the report and the headline numbers sit on the parent, so its row in the UI shows them
     assert "students.kd.test_accuracy" in by_name["pipeline"].data.metrics
     artifacts = [a.path for a in project.client.list_artifacts(parent)]
-    assert artifacts == ["comparison.md"]
+    assert artifacts == ["comparison.md", "curves.png", "tradeoff.png"]
     assert (project.path / "mlartifacts").is_dir() and not (project.path / "mlruns").exists()
 
 
@@ -165,6 +170,97 @@ def test_training_runs_log_params_epochs_dataset_and_a_loadable_model(project, f
     assert kd.data.metrics["train_kd"] > 0 and "train_hint" not in kd.data.metrics
 
 
+def declared_outputs(stage: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o
+            for key in ("outs", "metrics", "plots") for o in stage.get(key, [])]  # fmt: skip
+
+
+def test_evaluation_writes_every_metric_for_every_model(project, first_repro):
+    evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
+    speed = json.loads((project.path / "metrics/speed.json").read_text())
+    classes = data.load(project.path / "data/cifar10.safetensors").classes
+    for name in MODELS:
+        q = evaluation["teacher"] if name == "teacher" else evaluation["students"][name]
+        t = speed["teacher"] if name == "teacher" else speed["students"][name]
+        assert 0 <= q["test_accuracy"] <= 1 and 0 <= q["ece"] <= 1
+        assert list(q["per_class_accuracy"]) == list(classes)
+        weights = project.path / ("models/teacher.safetensors" if name == "teacher"
+                                  else f"models/students/{name}.safetensors")  # fmt: skip
+        assert q["weights_bytes"] == weights.stat().st_size
+        assert q["parameters"] == (1_186_986 if name == "teacher" else 267_738)  # no hint head
+        if name != "teacher":
+            assert 0 <= q["teacher_agreement"] <= 1 and q["teacher_kl"] >= 0
+        assert 0 < t["latency_ms_p50"] <= t["latency_ms_p95"] and t["throughput"] > 0
+        # the confusion plot's rows are the predictions the accuracy was computed from
+        rows = json.loads((project.path / f"plots/confusion/{name}.json").read_text())
+        assert len(rows) == TEST_IMAGES
+        hits = sum(r["actual"] == r["predicted"] for r in rows)
+        assert hits / TEST_IMAGES == pytest.approx(q["test_accuracy"])
+    # MLflow has the same numbers under the same names as `dvc metrics show`, and the images
+    (run,) = project.runs(**{"dvc.stage": "evaluate"})
+    assert (
+        run.data.metrics["students.kd.test_accuracy"]
+        == evaluation["students"]["kd"]["test_accuracy"]
+    )
+    assert (
+        run.data.metrics["teacher.per_class_accuracy.cat"]
+        == evaluation["teacher"]["per_class_accuracy"]["cat"]
+    )
+    assert (
+        run.data.metrics["students.ce.latency_ms_p95"] == speed["students"]["ce"]["latency_ms_p95"]
+    )
+    images = [a.path for a in project.client.list_artifacts(run.info.run_id, "confusion")]
+    assert images == sorted(f"confusion/{m}.png" for m in MODELS)
+
+
+def test_report_writes_what_it_declares(project, first_repro):
+    stages = yaml.safe_load((project.path / "dvc.yaml").read_text())["stages"]
+    for stage in ("evaluate", "report"):
+        for out in declared_outputs(stages[stage]):
+            path = project.path / out
+            assert path.is_file() or any(path.iterdir()), out
+    for png in ("reports/tradeoff.png", "reports/curves.png"):
+        assert (project.path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    table = (project.path / "reports/comparison.md").read_text()
+    for name in MODELS:
+        assert re.search(rf"^\| (\*\*)?{name}\b", table, re.MULTILINE), name
+    # `dvc plots show` renders the report's images, the confusion matrices and the curves
+    rendered = json.loads(project.run("dvc", "plots", "show", "--json"))
+    assert "errors" not in rendered, rendered.get("errors")
+    names = set(rendered["data"])
+    assert {"reports/tradeoff.png", "reports/curves.png"} <= names
+    assert {f"plots/train/{m}.json" for m in MODELS} <= names
+    assert {f"plots/confusion/{m}.json" for m in MODELS} <= names
+
+
+def test_champion_and_teacher_are_registered_with_their_lineage(project, first_repro):
+    evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
+    students = evaluation["students"]
+    best = max(students, key=lambda s: students[s]["test_accuracy"])
+    lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
+
+    def lock_md5(stage, path):
+        return next(o["md5"] for o in lock[stage]["outs"] if o["path"] == path)
+
+    champion = project.client.get_model_version_by_alias("cifar10-student", "champion")
+    weights = f"models/students/{best}.safetensors"
+    assert champion.tags["role"] == best
+    # dvc.lock and MLflow name the same file: the registered version is that run's model
+    assert champion.tags["model.md5"] == lock_md5(f"distill@{best}", weights)
+    (teacher,) = project.client.search_model_versions("name = 'cifar10-teacher'")
+    assert teacher.tags["model.md5"] == lock_md5("train_teacher", "models/teacher.safetensors")
+    mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model("models:/cifar10-student@champion")
+    images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
+    expected = models.Classifier(models.load_weights("LightNN", project.path / weights),
+                                 data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))).eval()  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), expected(images))
+    # the report again (same models): no new version
+    project.run(sys.executable, "-m", "pipeline.stages.report")
+    assert len(project.client.search_model_versions("name = 'cifar10-student'")) == 1
+
+
 def test_outputs_hold_no_machine_paths_or_run_ids(project, first_repro):
     run_ids = [r.info.run_id for r in project.runs()]
     for path in [
@@ -173,7 +269,7 @@ def test_outputs_hold_no_machine_paths_or_run_ids(project, first_repro):
     ]:
         for f in [path] if path.is_file() else path.rglob("*"):
             if f.is_file():
-                text = f.read_text()
+                text = f.read_bytes().decode("utf-8", "replace")  # PNGs too
                 assert str(project.path) not in text and "mirror" not in text, f
                 assert not any(i in text for i in run_ids), f
 
@@ -205,8 +301,16 @@ def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_r
     project.run("git", "checkout", "params.yaml")
     # back to the committed params: those stages rerun or come back from DVC's run cache
     assert set(project.repro()) <= {"distill@kd", "evaluate", "report"}
-    # ...and the outputs are byte for byte the committed ones: the pipeline is deterministic
-    assert project.run("git", "status", "--porcelain") == ""
+    # ...and the outputs are byte for byte the committed ones: the pipeline is deterministic,
+    # except for what holds measured latency and throughput
+    changed = {line[3:] for line in project.run("git", "status", "--porcelain").splitlines()}
+    assert changed <= {"dvc.lock", "metrics/speed.json", "reports/comparison.md"}
+    committed = yaml.safe_load(project.run("git", "show", "HEAD:dvc.lock"))["stages"]
+    current = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
+    for stage, lock in current.items():
+        for out in lock.get("outs", []):
+            if out["path"] not in TIMED:
+                assert out in committed[stage]["outs"], (stage, out["path"])
 
 
 def test_queued_and_temp_experiments_land_in_the_same_store(project, first_repro):
@@ -234,8 +338,12 @@ def test_tracking_uri_override(project, first_repro, tmp_path):
     other = MlflowClient(f"sqlite:///{tmp_path / 'team.db'}")
     before = len(project.runs())
     env = {**project.env, "MLFLOW_TRACKING_URI": other.tracking_uri}
-    subprocess.run([sys.executable, "-m", "pipeline.stages.evaluate"], cwd=project.path, env=env,
-                   check=True, capture_output=True)  # fmt: skip
+    speed = (project.path / "metrics/speed.json").read_bytes()  # re-measured by the run below
+    try:
+        subprocess.run([sys.executable, "-m", "pipeline.stages.evaluate"], cwd=project.path,
+                       env=env, check=True, capture_output=True)  # fmt: skip
+    finally:
+        (project.path / "metrics/speed.json").write_bytes(speed)
     exp = other.get_experiment_by_name("cifar10-distillation")
     runs = {r.info.run_name: r.info.status for r in other.search_runs([exp.experiment_id])}
     assert runs == {"evaluate": "FINISHED", "pipeline": "FINISHED"}

@@ -6,7 +6,10 @@ DATA = Path("data/cifar10.safetensors")
 TEACHER_MODEL = Path("models/teacher.safetensors")
 TEACHER_OUTPUTS = Path("data/teacher_outputs.safetensors")
 EVALUATION = Path("metrics/evaluation.json")
+SPEED = Path("metrics/speed.json")
 REPORT = Path("reports/comparison.md")
+TRADEOFF_PLOT = Path("reports/tradeoff.png")
+CURVES_PLOT = Path("reports/curves.png")
 
 
 def model(role: str) -> Path:
@@ -20,3 +23,8 @@ def train_metrics(role: str) -> Path:
 
 def train_history(role: str) -> Path:
     return Path(f"plots/train/{role}.json")
+
+
+def confusion(role: str) -> Path:
+    """One {actual, predicted} row per test image: DVC's confusion-matrix plot format."""
+    return Path(f"plots/confusion/{role}.json")
