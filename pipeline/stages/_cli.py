@@ -25,6 +25,8 @@ def run(main: Callable[[], None]) -> None:
     unwinds like Ctrl-C: the MLflow run is closed as KILLED and temporary files are removed.
     """
     signal.signal(signal.SIGTERM, _interrupt)
+    # One line per epoch must reach a CI log when it happens, not when the buffer fills.
+    sys.stdout.reconfigure(line_buffering=True)
     tune_allocator()
     try:
         main()
