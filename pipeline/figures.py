@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 TEACHER_COLOR = "black"
 
@@ -51,6 +52,8 @@ def tradeoff(models: Mapping[str, Mapping[str, float]]) -> Figure:
             ax.annotate(name, (m[key], 100 * m["test_accuracy"]), xytext=(5, 4),
                         textcoords="offset points", fontsize=9)  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_compact))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))  # log minor labels overlap
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
@@ -59,11 +62,14 @@ def tradeoff(models: Mapping[str, Mapping[str, float]]) -> Figure:
 
 
 def curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
-    """Per-epoch training loss, training accuracy and test accuracy of every model."""
+    """Per-epoch training loss, training accuracy and the monitored accuracy (validation when there
+    is a validation split, else test) of every model."""
+    first = next(iter(histories.values()))[0]
+    monitored = "val_accuracy" if "val_accuracy" in first else "test_accuracy"
     panels = (
         ("train_loss", "training loss"),
         ("train_accuracy", "training accuracy (%)"),
-        ("test_accuracy", "test accuracy (%)"),
+        (monitored, monitored.replace("_", " ").replace("val ", "validation ") + " (%)"),
     )
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     for ax, (key, label) in zip(axes, panels, strict=True):
@@ -78,6 +84,15 @@ def curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
         ax.grid(True, alpha=0.3)
     axes[-1].legend()
     return fig
+
+
+def _compact(x: float, _pos: int) -> str:
+    """1186986 -> 1.2M, 267738 -> 268k, 0.17 -> 0.17."""
+    if x >= 1e6:
+        return f"{x / 1e6:.3g}M"
+    if x >= 1e3:
+        return f"{x / 1e3:.3g}k"
+    return f"{x:.3g}"
 
 
 def close(fig: Figure) -> None:
