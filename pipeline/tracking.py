@@ -13,6 +13,8 @@ provenance.invocation_key(), so the MLflow UI shows the teacher and the variants
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -25,6 +27,7 @@ import mlflow
 import mlflow.pytorch
 import numpy as np
 import torch
+import torchvision
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
@@ -85,6 +88,8 @@ def _invocation_tags(data_md5: str) -> dict[str, str]:
         "data.md5": data_md5,
         INVOCATION_TAG: provenance.invocation_key(),
         "torch.version": torch.__version__,
+        "torchvision.version": torchvision.__version__,
+        "cuda.version": torch.version.cuda or "none",  # the CUDA torch was built with
         "python.version": platform.python_version(),
     }
     if exp := provenance.dvc_experiment():
@@ -108,15 +113,21 @@ def stage_run(
     experiment_id = _experiment_id(client, experiment, artifacts)
     tags = _invocation_tags(data_md5)
     parent_id = _invocation_run(client, experiment_id, tags)
-    tags |= {"dvc.stage": stage, "mlflow.parentRunId": parent_id}
+    flat = _flatten(params)
+    tags |= {"dvc.stage": stage, "mlflow.parentRunId": parent_id, "params.hash": params_hash(flat)}
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
-        mlflow.log_params(_flatten(params))
+        mlflow.log_params(flat)
         try:
             yield StageRun(run.info.run_id, parent_id, experiment_id)
         except KeyboardInterrupt:  # SIGINT, or SIGTERM as stages/_cli.py maps it
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
     # any other exception: start_run's context manager ends the run FAILED
+
+
+def params_hash(flat: Mapping[str, Any]) -> str:
+    """SHA-256 of the run's params (sorted keys, JSON): equal hashes, equal params."""
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -138,8 +149,11 @@ class StageRun:
         self.parent_id = parent_id
         self.experiment_id = experiment_id
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        mlflow.set_tags(dict(tags))
+    def set_tags(self, tags: Mapping[str, str], to_parent: bool = False) -> None:
+        run_id = self.parent_id if to_parent else self.run_id
+        client = MlflowClient()
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
 
     def tag_weights(self, weights_md5: str) -> None:
         """The MD5 of the saved weights file: what links the DVC output to this run's model."""
@@ -149,8 +163,14 @@ class StageRun:
         mlflow.log_metrics(dict(metrics), step=epoch)
 
     def log_metrics(self, metrics: Mapping[str, Any], to_parent: bool = False) -> None:
-        """Nested mappings become dotted names, as `dvc metrics show` prints them."""
-        mlflow.log_metrics(_flatten(metrics), run_id=self.parent_id if to_parent else self.run_id)
+        """Nested mappings become dotted names, as `dvc metrics show` prints them. Only numbers
+        are metrics: text (a verdict) and None (undefined for one seed) are left out."""
+        numbers = {
+            k: v
+            for k, v in _flatten(metrics).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        mlflow.log_metrics(numbers, run_id=self.parent_id if to_parent else self.run_id)
 
     def log_dataset(self, url: str, md5: str, sizes: Mapping[str, int]) -> None:
         """The archive as the run's input: MLflow's dataset digest is the archive's MD5."""
