@@ -256,6 +256,21 @@ def subset(split: Split, size: int | None) -> Split:
     return Split(split.images[:size], split.labels[:size])
 
 
+def validation_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) of a set of `n`, the split fixed by `seed`.
+
+    Each part is in the original order; the same seed gives the same split in every stage.
+    """
+    if val_size >= n:
+        raise DataError(
+            f"data.val_size = {val_size} leaves no training images out of {n}; lower it"
+        )
+    held_out = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:val_size]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().flatten(), held_out.sort().values
+
+
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random 32x32 crop of the image padded by 4 px, and a horizontal flip half of the time, for a
     uint8 batch on any device, drawn from `generator` so it is reproducible."""

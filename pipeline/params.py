@@ -37,6 +37,7 @@ class DataParams:
     md5: str
     train_size: int | None = None  # the first N training images; None = all 50,000
     test_size: int | None = None  # the first N test images; None = all 10,000
+    val_size: int = 0  # images held out of the training set per seed; 0 = the tutorial's protocol
 
     def _check(self, where: str) -> None:
         md5 = self.md5.lower()
@@ -46,6 +47,13 @@ class DataParams:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ParamsError(f"{where}.{key} = {value}: must be >= 1, or null for all")
+        if self.val_size < 0:
+            raise ParamsError(f"{where}.val_size = {self.val_size}: must be >= 0 (0 = no split)")
+        if self.train_size is not None and self.val_size >= self.train_size:
+            raise ParamsError(
+                f"{where}.val_size = {self.val_size}: must be smaller than train_size "
+                f"({self.train_size}), or the training split is empty"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +72,6 @@ class TrainParams:
 
     batch_size: int
     lr: float
-    seed: int
     device: str = "auto"  # "auto" picks CUDA when present, else CPU; or any torch device string
     precision: str = "bf16"  # or "fp32"; see README, Performance
 
@@ -88,6 +95,24 @@ class RoleParams:
     def _check(self, where: str) -> None:
         if self.epochs < 1:
             raise ParamsError(f"{where}.epochs = {self.epochs}: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherParams(RoleParams):
+    # Seeds to train a teacher with. A student of seed s learns from the teacher of seed s when
+    # there is one, else from the first: the default trains one teacher for every student.
+    seeds: tuple[int, ...] = (42,)
+
+    def _check(self, where: str) -> None:
+        super()._check(where)
+        _check_seeds(self.seeds, f"{where}.seeds")
+
+
+def _check_seeds(seeds: tuple[int, ...], where: str) -> None:
+    if not seeds:
+        raise ParamsError(f"{where} = []: list at least one seed")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ParamsError(f"{where} = {list(seeds)}: seeds must be distinct integers >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,11 +177,16 @@ class Params:
     data: DataParams
     normalize: NormalizeParams
     train: TrainParams
-    teacher: RoleParams
+    seeds: tuple[int, ...]  # every student trains once per seed; paired across variants
+    teacher: TeacherParams
     student: RoleParams
     evaluate: EvaluateParams
     registry: RegistryParams
     variants: dict[str, Variant]
+
+    def teacher_seed(self, seed: int) -> int:
+        """The seed of the teacher that the students of `seed` learn from."""
+        return seed if seed in self.teacher.seeds else self.teacher.seeds[0]
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -171,7 +201,7 @@ SECTIONS = {
     "data": DataParams,
     "normalize": NormalizeParams,
     "train": TrainParams,
-    "teacher": RoleParams,
+    "teacher": TeacherParams,
     "student": RoleParams,
     "evaluate": EvaluateParams,
     "registry": RegistryParams,
@@ -184,7 +214,7 @@ def load_all(path: Path = PARAMS_FILE) -> Params:
         doc = yaml.safe_load(f) or {}
     if not isinstance(doc, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
-    allowed = [*SECTIONS, "variants"]
+    allowed = [*SECTIONS, "seeds", "variants"]
     for key in doc:
         if key not in allowed:
             raise ParamsError(f"{path}: unknown section {key!r}; allowed: {', '.join(allowed)}")
@@ -192,7 +222,9 @@ def load_all(path: Path = PARAMS_FILE) -> Params:
         if key not in doc:
             raise ParamsError(f"{path}: section {key!r} is missing")
     sections = {key: parse(cls, doc[key], key) for key, cls in SECTIONS.items()}
-    return Params(**sections, variants=parse_variants(doc["variants"]))
+    seeds = _coerce(doc["seeds"], tuple[int, ...], "seeds")
+    _check_seeds(seeds, "seeds")
+    return Params(**sections, seeds=seeds, variants=parse_variants(doc["variants"]))
 
 
 def parse_variants(raw: Any) -> dict[str, Variant]:
@@ -202,8 +234,10 @@ def parse_variants(raw: Any) -> dict[str, Variant]:
     for name, spec in raw.items():
         if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
             raise ParamsError(f"variants.{name}: names may use letters, digits, '_' and '-' only")
-        if name == "teacher":
-            raise ParamsError("variants.teacher: 'teacher' names the teacher's outputs; rename it")
+        if name.startswith("teacher"):
+            raise ParamsError(
+                f"variants.{name}: names starting 'teacher' are the teachers'; rename it"
+            )
         if not isinstance(spec, dict) or "method" not in spec:
             raise ParamsError(f"variants.{name} = {spec!r}: expected a mapping with a 'method'")
         options = {k: v for k, v in spec.items() if k not in ("method", "augment")}
@@ -255,6 +289,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, where)
+    if origin is tuple and args[-1] is Ellipsis:  # tuple[int, ...]: a list of any length
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where} = {value!r}: expected a list")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ParamsError(f"{where} = {value!r}: expected a list of {len(args)} numbers")

@@ -1,62 +1,164 @@
-"""The comparison report as plain values, built from the evaluation metrics; no I/O, no tracking."""
+"""The comparison report as plain values, built from the evaluation metrics; no I/O, no tracking.
+
+The evaluation tree is {"teacher": {seed: metrics}, "students": {variant: {seed: metrics}}}. The
+tables show one row per model kind (the teacher, each variant) with means over its seeds, and the
+statistics of each variant against the CE-only baseline, paired by seed.
+"""
 
 from __future__ import annotations
 
+import statistics as stat
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline import stats
 from pipeline.params import SELECTABLE
 
+Tree = Mapping[str, Any]
 
-def models_of(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """{"teacher": ..., "students": {name: ...}} flattened to {"teacher": ..., name: ...}."""
+
+def rows(tree: Tree) -> dict[str, Mapping[str, Mapping[str, Any]]]:
+    """{"teacher": {seed: ...}, variant: {seed: ...}, ...}: one entry per table row."""
     return {"teacher": tree["teacher"], **tree["students"]}
 
 
-def champion(evaluation: Mapping[str, Any], select_by: str) -> str:
-    """The student that is best by `select_by` (the first listed wins a tie)."""
+def mean_of(per_seed: Mapping[str, Mapping[str, Any]], key: str) -> float | None:
+    values = [m[key] for m in per_seed.values() if m.get(key) is not None]
+    return stat.fmean(values) if values else None
+
+
+def champion(evaluation: Tree, select_by: str) -> tuple[str, str]:
+    """(variant, seed) of the single best student by `select_by` (the first listed wins a tie)."""
+    direction = "max" if select_by == "val_accuracy" else SELECTABLE[select_by]
+    sign = 1 if direction == "max" else -1
+    candidates = [
+        (variant, seed, m[select_by])
+        for variant, per_seed in evaluation["students"].items()
+        for seed, m in per_seed.items()
+    ]
+    variant, seed, _ = max(candidates, key=lambda c: sign * c[2])
+    return variant, seed
+
+
+def statistics(
+    evaluation: Tree, baseline: str | None, last_epoch: Tree | None = None
+) -> dict[str, Any]:
+    """Per variant: test accuracy over seeds, and its paired difference to `baseline`.
+
+    `last_epoch` (same shape, `test_accuracy` of the last epoch's weights) is given when a validation
+    split picked the best epoch; it gets the same summary.
+    """
+    out: dict[str, Any] = {}
     students = evaluation["students"]
-    sign = 1 if SELECTABLE[select_by] == "max" else -1
-    return max(students, key=lambda name: sign * students[name][select_by])
+    for variant, per_seed in students.items():
+        seeds = list(per_seed)
+        acc = [per_seed[s]["test_accuracy"] for s in seeds]
+        entry: dict[str, Any] = {"test_accuracy": stats.summary(acc)}
+        if last_epoch is not None:
+            last = [last_epoch["students"][variant][s]["test_accuracy"] for s in seeds]
+            entry["last_epoch_test_accuracy"] = stats.summary(last)
+        if baseline in students and variant != baseline:
+            base = [students[baseline][s]["test_accuracy"] for s in seeds]
+            entry[f"vs_{baseline}"] = stats.paired(acc, base)
+        out[variant] = entry
+    return out
 
 
 def comparison_table(
-    evaluation: Mapping[str, Any],
-    speed: Mapping[str, Any],
+    evaluation: Tree,
+    speed: Tree,
     baseline: str | None,
-    champion: str | None = None,
+    champion: tuple[str, str] | None = None,
 ) -> str:
-    """A markdown table of the teacher and every student.
+    """A markdown table of the teacher and every variant, means over seeds.
 
-    Differences are to `baseline`'s accuracy (the CE-only student), speed-ups to the teacher's median
-    batch-1 latency; the champion is marked.
+    Differences are to `baseline`'s mean accuracy (the CE-only student), speed-ups to the teacher's
+    median batch-1 latency; the champion's variant is marked.
     """
-    quality, timing = models_of(evaluation), models_of(speed)
-    base_acc = quality[baseline]["test_accuracy"] if baseline in evaluation["students"] else None
-    teacher_ms = timing["teacher"]["latency_ms_p50"]
+    quality, timing = rows(evaluation), rows(speed)
+    base_acc = mean_of(quality[baseline], "test_accuracy") if baseline in quality else None
+    teacher_ms = mean_of(timing["teacher"], "latency_ms_p50")
     lines = [
-        f"| model | test accuracy | vs. {baseline or 'baseline'} | agrees with teacher "
+        f"| model | seeds | test accuracy | vs. {baseline or 'baseline'} | agrees with teacher "
         "| KL to teacher | ECE | parameters | weights | latency p50 / p95 | speed-up "
         "| throughput |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, q in quality.items():
+    for name, per_seed in quality.items():
         t = timing[name]
+        acc = mean_of(per_seed, "test_accuracy")
         diff = (
-            ""
-            if base_acc is None or name in (baseline, "teacher")
-            else _points(q["test_accuracy"] - base_acc)
+            _points(acc - base_acc)
+            if base_acc is not None and name not in (baseline, "teacher")
+            else ""
         )
-        label = f"**{name}** (champion)" if name == champion else name
-        agreement = f"{q['teacher_agreement']:.2%}" if "teacher_agreement" in q else ""
-        kl = f"{q['teacher_kl']:.3f}" if "teacher_kl" in q else ""
+        label = (
+            f"**{name}** (champion: seed {champion[1]})"
+            if champion and name == champion[0]
+            else name
+        )
+        agreement, kl = mean_of(per_seed, "teacher_agreement"), mean_of(per_seed, "teacher_kl")
+        p50, p95 = mean_of(t, "latency_ms_p50"), mean_of(t, "latency_ms_p95")
         lines.append(
-            f"| {label} | {q['test_accuracy']:.2%} | {diff} | {agreement} | {kl} | {q['ece']:.3f} "
-            f"| {q['parameters']:,} | {q['weights_bytes'] / 1e6:.2f} MB "
-            f"| {t['latency_ms_p50']:.2f} / {t['latency_ms_p95']:.2f} ms "
-            f"| {teacher_ms / t['latency_ms_p50']:.1f}x | {t['throughput']:,.0f}/s |"
+            f"| {label} | {len(per_seed)} | {acc:.2%} | {diff} "
+            f"| {'' if agreement is None else f'{agreement:.2%}'} "
+            f"| {'' if kl is None else f'{kl:.3f}'} | {mean_of(per_seed, 'ece'):.3f} "
+            f"| {mean_of(per_seed, 'parameters'):,.0f} | {mean_of(per_seed, 'weights_bytes') / 1e6:.2f} MB "
+            f"| {p50:.2f} / {p95:.2f} ms | {teacher_ms / p50:.1f}x "
+            f"| {mean_of(t, 'throughput'):,.0f}/s |"
         )
     return "\n".join(lines) + "\n"
+
+
+def statistics_table(table: Mapping[str, Any], baseline: str | None) -> str:
+    """Mean, std and 95 % interval of test accuracy per variant; the paired difference to the
+    baseline with its interval, p-value and verdict."""
+    has_last = any("last_epoch_test_accuracy" in e for e in table.values())
+    head = "| variant | seeds | test accuracy mean ± std | 95 % CI "
+    head += "| last-epoch test accuracy " if has_last else ""
+    head += f"| vs. {baseline} (paired) | 95 % CI | p-value | verdict |"
+    lines = [head, "|---|---:|---:|---:|" + ("---:|" if has_last else "") + "---:|---:|---:|---|"]
+    for variant, e in table.items():
+        acc = e["test_accuracy"]
+        row = f"| {variant} | {acc['n']} | {_pct(acc['mean'])} ± {_pct(acc['std'], plain=True)} "
+        row += f"| {_interval(acc, _pct)} "
+        if has_last:
+            row += f"| {_pct(e['last_epoch_test_accuracy']['mean'])} "
+        d = e.get(f"vs_{baseline}")
+        if d is None:
+            row += "| (baseline) | | | |"
+        else:
+            p = "" if d["p_value"] is None else f"{d['p_value']:.3f}"
+            row += f"| {_points(d['mean_diff'])} | {_interval(d, _points)} | {p} | {d['verdict']} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def last_epoch_tree(train_metrics: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Tree | None:
+    """The last epoch's test accuracy per student, shaped like the evaluation tree; None when the
+    models are the last epoch's anyway (no validation split)."""
+    if not all(
+        "last_epoch_test_accuracy" in m for per in train_metrics.values() for m in per.values()
+    ):
+        return None
+    return {
+        "students": {
+            v: {s: {"test_accuracy": m["last_epoch_test_accuracy"]} for s, m in per.items()}
+            for v, per in train_metrics.items()
+        }
+    }
+
+
+def _pct(value: float | None, plain: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}" + ("" if plain else " %")
+
+
+def _interval(s: Mapping[str, Any], fmt) -> str:
+    if s["ci_low"] is None:
+        return "n/a"
+    return f"[{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]"
 
 
 def _points(delta: float) -> str:

@@ -10,13 +10,14 @@ from pipeline.params import (
     ParamsError,
     RegistryParams,
     RoleParams,
+    TeacherParams,
     TrainParams,
     load_all,
     parse,
     parse_variants,
 )
 
-GOOD_TRAIN = {"batch_size": 128, "lr": 0.001, "seed": 42}
+GOOD_TRAIN = {"batch_size": 128, "lr": 0.001}
 
 
 def test_committed_params_reproduce_the_tutorial():
@@ -24,7 +25,8 @@ def test_committed_params_reproduce_the_tutorial():
     assert p.data.md5 == "c58f30108f718f92721af3b95e74349a"  # the official archive's
     assert p.data.train_size is None and p.data.test_size is None
     assert p.normalize.mean == (0.485, 0.456, 0.406) and p.normalize.std == (0.229, 0.224, 0.225)
-    assert (p.train.batch_size, p.train.lr, p.train.seed) == (128, 0.001, 42)
+    assert (p.train.batch_size, p.train.lr, p.seeds, p.teacher.seeds) == (128, 0.001, (42,), (42,))
+    assert p.data.val_size == 0  # the tutorial's protocol: no validation split
     assert p.teacher.epochs == 10 and p.student.epochs == 10
     assert list(p.variants) == ["ce", "kd", "cosine", "regressor"]
     assert p.variants["kd"].kwargs == {
@@ -49,8 +51,8 @@ def test_defaults_and_int_to_float():
             r"train\.batchsize: unknown key; allowed keys are batch_size, ",
         ),
         ({k: v for k, v in GOOD_TRAIN.items() if k != "lr"}, r"train\.lr: missing"),
-        ({**GOOD_TRAIN, "seed": "42"}, r"train\.seed = '42': expected int"),
-        ({**GOOD_TRAIN, "seed": True}, r"train\.seed = True: expected int"),
+        ({**GOOD_TRAIN, "batch_size": "42"}, r"train\.batch_size = '42': expected int"),
+        ({**GOOD_TRAIN, "batch_size": True}, r"train\.batch_size = True: expected int"),
         ({**GOOD_TRAIN, "batch_size": 2.5}, r"train\.batch_size = 2\.5: expected int"),
         ({**GOOD_TRAIN, "batch_size": 0}, r"train\.batch_size = 0: must be >= 1"),
         ({**GOOD_TRAIN, "lr": 0}, r"train\.lr = 0\.0: must be > 0"),
@@ -101,7 +103,7 @@ def test_md5_must_be_hex():
         ({"a b": {"method": "ce"}}, r"variants\.a b: names may use letters"),
         (
             {"teacher": {"method": "ce"}},
-            r"variants\.teacher: 'teacher' names the teacher's outputs",
+            r"variants\.teacher: names starting 'teacher' are the teachers'",
         ),
         ({}, r"variants = \{\}: expected a mapping"),
     ],
@@ -137,3 +139,31 @@ def test_evaluate_and_registry_sections():
     assert parse(RegistryParams, {}, "registry").select_by == "test_accuracy"
     with pytest.raises(ParamsError, match=r"registry\.select_by = 'acc': expected one of test_a"):
         parse(RegistryParams, {"select_by": "acc"}, "registry")
+
+
+def test_seeds_lists_and_the_teacher_of_each_seed(tmp_path):
+    doc = yaml.safe_load(Path("params.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        yaml.safe_dump({**doc, "seeds": [1, 2, 3], "teacher": {"epochs": 1, "seeds": [2, 9]}})
+    )
+    p = load_all(path)
+    assert p.seeds == (1, 2, 3)
+    assert [p.teacher_seed(s) for s in p.seeds] == [2, 2, 2]
+    assert p.teacher_seed(2) == 2 and p.teacher_seed(1) == 2  # its own, else the first listed
+    for bad, message in [([], r"seeds = \[\]: list at least one seed"),
+                         ([1, 1], r"seeds = \[1, 1\]: seeds must be distinct"),
+                         ("42", r"seeds = '42': expected a list"),
+                         ([1.5], r"seeds\[0\] = 1\.5: expected int")]:  # fmt: skip
+        path.write_text(yaml.safe_dump({**doc, "seeds": bad}))
+        with pytest.raises(ParamsError, match=message):
+            load_all(path)
+    with pytest.raises(ParamsError, match=r"teacher\.seeds = \[\]"):
+        parse(TeacherParams, {"epochs": 1, "seeds": []}, "teacher")
+
+
+def test_validation_size_must_leave_training_images():
+    with pytest.raises(ParamsError, match=r"data\.val_size = -1: must be >= 0"):
+        parse(DataParams, {"url": "u", "md5": "c" * 32, "val_size": -1}, "data")
+    with pytest.raises(ParamsError, match=r"data\.val_size = 500: must be smaller than train_size"):
+        parse(DataParams, {"url": "u", "md5": "c" * 32, "train_size": 500, "val_size": 500}, "data")

@@ -28,10 +28,21 @@ from pipeline import data, models
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "train_teacher", "teacher_outputs", "distill@ce", "distill@kd", "distill@cosine",
-          "distill@regressor", "evaluate", "report"]  # fmt: skip
+STAGES = ["download", "train_teacher@42", "teacher_outputs@42", "distill@ce-42", "distill@kd-42",
+          "distill@cosine-42", "distill@regressor-42", "evaluate", "report"]  # fmt: skip
 STUDENTS = ["ce", "kd", "cosine", "regressor"]
 MODELS = ["teacher", *STUDENTS]
+TEACHER_WEIGHTS = "models/teachers/teacher-42.safetensors"
+
+
+def weights_of(name: str, seed: int = 42) -> str:
+    return TEACHER_WEIGHTS if name == "teacher" else f"models/students/{name}-{seed}.safetensors"
+
+
+def metrics_of(tree: dict, name: str, seed: int = 42) -> dict:
+    return tree["teacher"][str(seed)] if name == "teacher" else tree["students"][name][str(seed)]
+
+
 # Outputs that hold measured latency/throughput, so they differ between runs of the same models.
 TIMED = {"metrics/speed.json", "reports/comparison.md", "reports/tradeoff.png"}
 TEST_IMAGES = 40  # make_archive(per_batch=40): one test batch
@@ -107,8 +118,8 @@ def first_repro(project) -> list[str]:
 
 def test_repro_runs_every_stage(project, first_repro):
     assert first_repro == STAGES
-    for path in ["models/teacher.safetensors", "metrics/evaluation.json", "reports/comparison.md",
-                 *(f"models/students/{s}.safetensors" for s in STUDENTS)]:  # fmt: skip
+    for path in [TEACHER_WEIGHTS, "metrics/evaluation.json", "reports/comparison.md",
+                 *(weights_of(s) for s in STUDENTS)]:  # fmt: skip
         assert (project.path / path).is_file(), path
 
 
@@ -131,7 +142,7 @@ def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repr
         )
     assert by_name["pipeline"].info.status == "FINISHED"
     # the report and the headline numbers sit on the parent, so its row in the UI shows them
-    assert "students.kd.test_accuracy" in by_name["pipeline"].data.metrics
+    assert "students.kd.42.test_accuracy" in by_name["pipeline"].data.metrics
     artifacts = [a.path for a in project.client.list_artifacts(parent)]
     assert artifacts == ["comparison.md", "curves.png", "tradeoff.png"]
     assert (project.path / "mlartifacts").is_dir() and not (project.path / "mlruns").exists()
@@ -140,8 +151,8 @@ def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repr
 def test_training_runs_log_params_epochs_dataset_and_a_loadable_model(project, first_repro):
     md5 = yaml.safe_load((project.path / "params.yaml").read_text())["data"]["md5"]
     test_images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
-    for stage, arch, weights in [("train_teacher", "DeepNN", "models/teacher.safetensors"),
-                                 *((f"distill@{s}", "LightNN", f"models/students/{s}.safetensors") for s in STUDENTS)]:  # fmt: skip
+    for stage, arch, weights in [("train_teacher@42", "DeepNN", TEACHER_WEIGHTS),
+                                 *((f"distill@{s}-42", "LightNN", weights_of(s)) for s in STUDENTS)]:  # fmt: skip
         (run,) = project.runs(**{"dvc.stage": stage})
         assert run.data.params["train.lr"] == "0.001" and run.data.params["model"] == arch
         for metric in ["train_loss", "train_accuracy", "test_accuracy"]:
@@ -162,7 +173,7 @@ def test_training_runs_log_params_epochs_dataset_and_a_loadable_model(project, f
         # the signature speaks uint8 images, so a serving client knows what to send
         assert pyfunc.metadata.signature.inputs.numpy_types()[0] == np.uint8
         assert run.data.tags["device"] == "cpu" and run.data.tags["precision"] == "bf16"
-    (kd,) = project.runs(**{"dvc.stage": "distill@kd"})
+    (kd,) = project.runs(**{"dvc.stage": "distill@kd-42"})
     assert kd.data.tags["teacher_outputs"] == "cached"
     assert (
         kd.data.params["variant.temperature"] == "2.0" and kd.data.params["variant.method"] == "kd"
@@ -180,37 +191,37 @@ def test_evaluation_writes_every_metric_for_every_model(project, first_repro):
     speed = json.loads((project.path / "metrics/speed.json").read_text())
     classes = data.load(project.path / "data/cifar10.safetensors").classes
     for name in MODELS:
-        q = evaluation["teacher"] if name == "teacher" else evaluation["students"][name]
-        t = speed["teacher"] if name == "teacher" else speed["students"][name]
+        q, t = metrics_of(evaluation, name), metrics_of(speed, name)
         assert 0 <= q["test_accuracy"] <= 1 and 0 <= q["ece"] <= 1
         assert list(q["per_class_accuracy"]) == list(classes)
-        weights = project.path / ("models/teacher.safetensors" if name == "teacher"
-                                  else f"models/students/{name}.safetensors")  # fmt: skip
+        weights = project.path / weights_of(name)
         assert q["weights_bytes"] == weights.stat().st_size
         assert q["parameters"] == (1_186_986 if name == "teacher" else 267_738)  # no hint head
         if name != "teacher":
             assert 0 <= q["teacher_agreement"] <= 1 and q["teacher_kl"] >= 0
         assert 0 < t["latency_ms_p50"] <= t["latency_ms_p95"] and t["throughput"] > 0
         # the confusion plot's rows are the predictions the accuracy was computed from
-        rows = json.loads((project.path / f"plots/confusion/{name}.json").read_text())
+        role = "teacher-42" if name == "teacher" else f"{name}-42"
+        rows = json.loads((project.path / f"plots/confusion/{role}.json").read_text())
         assert len(rows) == TEST_IMAGES
         hits = sum(r["actual"] == r["predicted"] for r in rows)
         assert hits / TEST_IMAGES == pytest.approx(q["test_accuracy"])
     # MLflow has the same numbers under the same names as `dvc metrics show`, and the images
     (run,) = project.runs(**{"dvc.stage": "evaluate"})
     assert (
-        run.data.metrics["students.kd.test_accuracy"]
-        == evaluation["students"]["kd"]["test_accuracy"]
+        run.data.metrics["students.kd.42.test_accuracy"]
+        == evaluation["students"]["kd"]["42"]["test_accuracy"]
     )
     assert (
-        run.data.metrics["teacher.per_class_accuracy.cat"]
-        == evaluation["teacher"]["per_class_accuracy"]["cat"]
+        run.data.metrics["teacher.42.per_class_accuracy.cat"]
+        == evaluation["teacher"]["42"]["per_class_accuracy"]["cat"]
     )
     assert (
-        run.data.metrics["students.ce.latency_ms_p95"] == speed["students"]["ce"]["latency_ms_p95"]
+        run.data.metrics["students.ce.42.latency_ms_p95"]
+        == speed["students"]["ce"]["42"]["latency_ms_p95"]
     )
     images = [a.path for a in project.client.list_artifacts(run.info.run_id, "confusion")]
-    assert images == sorted(f"confusion/{m}.png" for m in MODELS)
+    assert images == sorted(f"confusion/{m}-42.png" for m in MODELS)
 
 
 def test_report_writes_what_it_declares(project, first_repro):
@@ -229,26 +240,26 @@ def test_report_writes_what_it_declares(project, first_repro):
     assert "errors" not in rendered, rendered.get("errors")
     names = set(rendered["data"])
     assert {"reports/tradeoff.png", "reports/curves.png"} <= names
-    assert {f"plots/train/{m}.json" for m in MODELS} <= names
-    assert {f"plots/confusion/{m}.json" for m in MODELS} <= names
+    assert {f"plots/train/{m}-42.json" for m in MODELS} <= names
+    assert {f"plots/confusion/{m}-42.json" for m in MODELS} <= names
 
 
 def test_champion_and_teacher_are_registered_with_their_lineage(project, first_repro):
     evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
     students = evaluation["students"]
-    best = max(students, key=lambda s: students[s]["test_accuracy"])
+    best = max(students, key=lambda s: students[s]["42"]["test_accuracy"])
     lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
 
     def lock_md5(stage, path):
         return next(o["md5"] for o in lock[stage]["outs"] if o["path"] == path)
 
     champion = project.client.get_model_version_by_alias("cifar10-student", "champion")
-    weights = f"models/students/{best}.safetensors"
-    assert champion.tags["role"] == best
+    weights = weights_of(best)
+    assert champion.tags["role"] == f"{best}-42"
     # dvc.lock and MLflow name the same file: the registered version is that run's model
-    assert champion.tags["model.md5"] == lock_md5(f"distill@{best}", weights)
+    assert champion.tags["model.md5"] == lock_md5(f"distill@{best}-42", weights)
     (teacher,) = project.client.search_model_versions("name = 'cifar10-teacher'")
-    assert teacher.tags["model.md5"] == lock_md5("train_teacher", "models/teacher.safetensors")
+    assert teacher.tags["model.md5"] == lock_md5("train_teacher@42", TEACHER_WEIGHTS)
     mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
     loaded = mlflow.pytorch.load_model("models:/cifar10-student@champion")
     images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
@@ -276,7 +287,7 @@ def test_outputs_hold_no_machine_paths_or_run_ids(project, first_repro):
 
 def test_dvc_metrics_and_plots_commands_work(project, first_repro):
     shown = project.run("dvc", "metrics", "show")
-    assert "metrics/evaluation.json" in shown and "students.kd.test_accuracy" in shown
+    assert "metrics/evaluation.json" in shown and "students.kd.42.test_accuracy" in shown
     project.run("dvc", "plots", "show", "-o", "dvc_plots")
     assert (project.path / "dvc_plots" / "index.html").is_file()
 
@@ -292,15 +303,20 @@ def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_r
     project.run("git", "commit", "-qm", "first results")
     before = {r.info.run_id for r in project.runs()}
     project.set_params(variants__kd__temperature=4.0)
-    assert project.repro() == ["distill@kd", "evaluate", "report"]
+    assert project.repro() == ["distill@kd-42", "evaluate", "report"]
     new = [r for r in project.runs() if r.info.run_id not in before]
-    assert sorted(r.info.run_name for r in new) == ["distill@kd", "evaluate", "pipeline", "report"]
+    assert sorted(r.info.run_name for r in new) == [
+        "distill@kd-42",
+        "evaluate",
+        "pipeline",
+        "report",
+    ]
     assert all(r.data.tags["git.dirty"] == "true" for r in new)
     diff = project.run("dvc", "metrics", "diff")
-    assert "students.kd.test_accuracy" in diff or "train_kd" in diff
+    assert "students.kd.42.test_accuracy" in diff or "train_kd" in diff
     project.run("git", "checkout", "params.yaml")
     # back to the committed params: those stages rerun or come back from DVC's run cache
-    assert set(project.repro()) <= {"distill@kd", "evaluate", "report"}
+    assert set(project.repro()) <= {"distill@kd-42", "evaluate", "report"}
     # ...and the outputs are byte for byte the committed ones: the pipeline is deterministic,
     # except for what holds measured latency and throughput
     changed = {line[3:] for line in project.run("git", "status", "--porcelain").splitlines()}
@@ -325,7 +341,7 @@ def test_queued_and_temp_experiments_land_in_the_same_store(project, first_repro
         time.sleep(3)
     assert status.count("Success") == 2, status
     project.run("dvc", "exp", "run", "--temp", "-S", "variants.kd.temperature=7.0")
-    kd_runs = project.runs(**{"dvc.stage": "distill@kd"})
+    kd_runs = project.runs(**{"dvc.stage": "distill@kd-42"})
     temps = {r.data.params["variant.temperature"]: r for r in kd_runs}
     assert {"3.0", "5.0", "7.0"} <= set(temps)
     names = {temps[t].data.tags.get("dvc.experiment") for t in ("3.0", "5.0", "7.0")}
@@ -352,12 +368,12 @@ def test_tracking_uri_override(project, first_repro, tmp_path):
 
 def test_a_stopped_stage_leaves_its_run_killed_not_running(project, first_repro):
     project.set_params(student__epochs=100000)  # long enough to be stopped mid-training
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.distill", "ce"], cwd=project.path,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.distill", "ce", "42"], cwd=project.path,
                             env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not [
-            r for r in project.runs(**{"dvc.stage": "distill@ce"}) if r.info.status == "RUNNING"
+            r for r in project.runs(**{"dvc.stage": "distill@ce-42"}) if r.info.status == "RUNNING"
         ]:
             time.sleep(0.5)
         time.sleep(2)  # into the training loop
@@ -367,23 +383,23 @@ def test_a_stopped_stage_leaves_its_run_killed_not_running(project, first_repro)
         proc.kill()
         project.run("git", "checkout", "params.yaml")
     assert proc.returncode == 130 and "interrupted" in err
-    statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce"})]
+    statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce-42"})]
     assert "RUNNING" not in statuses and "KILLED" in statuses
 
 
 def test_a_failing_stage_leaves_its_run_failed(project, first_repro):
     # Fail inside the run, after training: the metrics file cannot be written (a folder is there).
-    target = project.path / "metrics/train/ce.json"
+    target = project.path / "metrics/train/ce-42.json"
     target.unlink()
     target.mkdir()
     try:
-        done = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "ce"], cwd=project.path,
+        done = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "ce", "42"], cwd=project.path,
                               env=project.env, capture_output=True, text=True)  # fmt: skip
     finally:
         target.rmdir()
-        project.run("git", "checkout", "metrics/train/ce.json")
+        project.run("git", "checkout", "metrics/train/ce-42.json")
     assert done.returncode != 0
-    statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce"})]
+    statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce-42"})]
     assert statuses.count("FAILED") == 1 and "RUNNING" not in statuses
     assert project.repro() == []  # the workspace is as DVC left it
 
@@ -396,9 +412,77 @@ def test_an_augmenting_variant_is_one_params_entry_and_runs_its_teacher_live(pro
         out = project.run("dvc", "repro")
     finally:
         project.run("git", "checkout", "params.yaml")
-    assert re.findall(r"Running stage '([^']+)'", out) == ["distill@kd_aug", "evaluate", "report"]
+    assert re.findall(r"Running stage '([^']+)'", out) == [
+        "distill@kd_aug-42",
+        "evaluate",
+        "report",
+    ]
     assert "augmentation is on, so the teacher runs live" in out
-    (run,) = project.runs(**{"dvc.stage": "distill@kd_aug"})
+    (run,) = project.runs(**{"dvc.stage": "distill@kd_aug-42"})
     assert (
         run.data.tags["teacher_outputs"] == "live" and run.data.params["variant.augment"] == "True"
     )
+
+
+def test_same_params_and_seed_give_bit_identical_weights_and_metrics(project, first_repro):
+    outputs = [weights_of("kd"), "metrics/train/kd-42.json", "plots/train/kd-42.json"]
+    before = {path: (project.path / path).read_bytes() for path in outputs}
+    project.run("dvc", "repro", "--force", "--single-item", "distill@kd-42")
+    for path in outputs:
+        assert (project.path / path).read_bytes() == before[path], path
+
+
+def test_dvc_lock_and_mlflow_agree_on_data_params_and_model(project, first_repro):
+    lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
+    for stage, weights in [
+        ("train_teacher@42", TEACHER_WEIGHTS),
+        ("distill@kd-42", weights_of("kd")),
+    ]:
+        entry = lock[stage]
+        run = max(project.runs(**{"dvc.stage": stage}), key=lambda r: r.info.start_time)
+        tags, logged = run.data.tags, run.data.params
+        assert tags["model.md5"] == next(o["md5"] for o in entry["outs"] if o["path"] == weights)
+        data_dep = next(d for d in entry["deps"] if d["path"] == "data/cifar10.safetensors")
+        assert tags["data.file_md5"] == data_dep["md5"]
+        locked = entry["params"]["params.yaml"]
+        for key, value in locked["train"].items():
+            assert logged[f"train.{key}"] == str(value), key
+        assert logged["data.val_size"] == str(locked["data.val_size"])
+        assert logged["seed"] == "42"
+        for key in ("torch.version", "torchvision.version", "cuda.version", "params.hash",
+                    "device", "precision", "git.commit", "git.dirty", "data.md5"):  # fmt: skip
+            assert tags.get(key), key
+    kd_run = max(project.runs(**{"dvc.stage": "distill@kd-42"}), key=lambda r: r.info.start_time)
+    kd_locked = lock["distill@kd-42"]["params"]["params.yaml"]["variants.kd"]
+    assert kd_run.data.params["variant.temperature"] == str(kd_locked["temperature"])
+
+
+def test_several_seeds_and_a_validation_split_give_paired_statistics(project, first_repro):
+    project.set_params(seeds=[42, 7], data__val_size=40)
+    try:
+        ran = project.repro()
+        stats = json.loads((project.path / "metrics/statistics.json").read_text())
+        evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
+        report = (project.path / "reports/comparison.md").read_text()
+        kd7 = json.loads((project.path / "metrics/train/kd-7.json").read_text())
+        champion = project.client.get_model_version_by_alias("cifar10-student", "champion")
+    finally:
+        project.run("git", "checkout", "params.yaml")
+    # every variant, the CE student included, once per seed; one teacher (teacher.seeds)
+    assert {f"distill@{s}-7" for s in STUDENTS} <= set(ran) and "train_teacher@7" not in ran
+    assert stats["kd"]["test_accuracy"]["n"] == 2 and stats["kd"]["vs_ce"]["n"] == 2
+    kd = [evaluation["students"]["kd"][s]["test_accuracy"] for s in ("42", "7")]
+    ce = [evaluation["students"]["ce"][s]["test_accuracy"] for s in ("42", "7")]
+    assert stats["kd"]["vs_ce"]["mean_diff"] == pytest.approx((kd[0] - ce[0] + kd[1] - ce[1]) / 2)
+    assert stats["kd"]["vs_ce"]["verdict"] in ("gain", "loss", "no detectable difference")
+    assert "vs_ce" not in stats["ce"]
+    # validation: the best epoch is chosen on it, the test set is scored once at the end
+    assert {"val_accuracy", "best_epoch", "last_epoch_test_accuracy"} <= kd7.keys()
+    assert (
+        "test_accuracy" not in json.loads((project.path / "plots/train/kd-7.json").read_text())[0]
+    )
+    assert "last-epoch test accuracy" in report and "p-value" in report
+    # the champion is chosen on validation accuracy
+    best = max(((v, s) for v in STUDENTS for s in ("42", "7")),
+               key=lambda vs: evaluation["students"][vs[0]][vs[1]]["val_accuracy"])  # fmt: skip
+    assert champion.tags["role"] == f"{best[0]}-{best[1]}"

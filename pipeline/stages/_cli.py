@@ -14,6 +14,15 @@ from pipeline.train import tune_allocator
 USER_ERRORS = (DataError, ParamsError, ValueError)
 
 
+def seed_argument(argv: list[str], allowed: tuple[int, ...], key: str, stage: str) -> int:
+    """The seed a stage was started with (its last argument), which params must list."""
+    if not argv or not argv[-1].isdigit() or int(argv[-1]) not in allowed:
+        given = argv[-1] if argv else "nothing"
+        raise ValueError(f"{stage}: seed {given!r} is not in {key} = {list(allowed)}; "
+                         f"run it through dvc repro, or pass one of those seeds")  # fmt: skip
+    return int(argv[-1])
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 

@@ -1,20 +1,36 @@
-"""Where stages write; dvc.yaml declares the same paths (tests/test_pipeline.py checks it)."""
+"""Where stages write; dvc.yaml declares the same paths (tests/test_pipeline.py checks it).
+
+A model is named by its role: `teacher-<seed>` or `<variant>-<seed>`.
+"""
 
 from pathlib import Path
 
 DATA = Path("data/cifar10.safetensors")
-TEACHER_MODEL = Path("models/teacher.safetensors")
-TEACHER_OUTPUTS = Path("data/teacher_outputs.safetensors")
+TEACHERS_DIR = Path("models/teachers")
 EVALUATION = Path("metrics/evaluation.json")
 SPEED = Path("metrics/speed.json")
+STATISTICS = Path("metrics/statistics.json")
 REPORT = Path("reports/comparison.md")
 TRADEOFF_PLOT = Path("reports/tradeoff.png")
 CURVES_PLOT = Path("reports/curves.png")
 
 
+def teacher_role(seed: int) -> str:
+    return f"teacher-{seed}"
+
+
+def student_role(variant: str, seed: int) -> str:
+    return f"{variant}-{seed}"
+
+
 def model(role: str) -> Path:
-    """models/teacher.safetensors, or models/students/<variant>.safetensors."""
-    return TEACHER_MODEL if role == "teacher" else Path(f"models/students/{role}.safetensors")
+    """models/teachers/teacher-<seed>.safetensors or models/students/<variant>-<seed>.safetensors."""
+    folder = TEACHERS_DIR if role.startswith("teacher-") else Path("models/students")
+    return folder / f"{role}.safetensors"
+
+
+def teacher_outputs(seed: int) -> Path:
+    return Path(f"data/teacher_outputs/{seed}.safetensors")
 
 
 def train_metrics(role: str) -> Path:

@@ -1,14 +1,18 @@
-"""The part of train_teacher and distill@<variant> that is the same: train one model, record it."""
+"""The part of train_teacher and distill@<variant>-<seed> that is the same: train one model, record
+it."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from pipeline import data, files, models, tracking
+from pipeline.evaluate import accuracy, predict
 from pipeline.losses import Terms
 from pipeline.params import Params
 from pipeline.stages import _outputs
@@ -18,21 +22,46 @@ from pipeline.train import FitConfig, Targets, fit, resolve_device
 TIMING = ("epoch_seconds",)
 
 
-def load_dataset(p: Params) -> data.Cifar10:
+@dataclass(frozen=True)
+class Dataset:
+    """What one seed trains on: the training split (validation held out), validation and test."""
+
+    train: data.Split
+    train_indices: torch.Tensor  # positions of `train` in the full training set (for caches)
+    val: data.Split | None
+    test: data.Split
+    classes: tuple[str, ...]
+
+
+def load_dataset(p: Params, seed: int) -> Dataset:
+    """The sets of one seed: data.val_size training images held out, the split fixed by the seed."""
     ds = data.load(_outputs.DATA)
-    return data.Cifar10(
-        train=data.subset(ds.train, p.data.train_size),
-        test=data.subset(ds.test, p.data.test_size),
-        classes=ds.classes,
+    train = data.subset(ds.train, p.data.train_size)
+    test = data.subset(ds.test, p.data.test_size)
+    if p.data.val_size == 0:
+        return Dataset(train, torch.arange(len(train.labels)), None, test, ds.classes)
+    kept, held_out = data.validation_indices(len(train.labels), p.data.val_size, seed)
+    return Dataset(
+        data.Split(train.images[kept], train.labels[kept]),
+        kept,
+        data.Split(train.images[held_out], train.labels[held_out]),
+        test,
+        ds.classes,
     )
 
 
-def common_params(p: Params) -> dict[str, Any]:
-    """What every model's run logs: the sections that define data and training."""
+def common_params(p: Params, seed: int) -> dict[str, Any]:
+    """What every model's run logs: the sections that define data and training, and its seed."""
     return {
-        "data": {"md5": p.data.md5, "train_size": p.data.train_size, "test_size": p.data.test_size},
+        "data": {
+            "md5": p.data.md5,
+            "train_size": p.data.train_size,
+            "test_size": p.data.test_size,
+            "val_size": p.data.val_size,
+        },
         "normalize": {"mean": p.normalize.mean, "std": p.normalize.std},
         "train": vars(p.train),
+        "seed": seed,
     }
 
 
@@ -40,8 +69,9 @@ def train_and_record(
     *,
     stage: str,
     role: str,
+    seed: int,
     p: Params,
-    ds: data.Cifar10,
+    ds: Dataset,
     net: nn.Module,
     loss_fn: Callable[..., Terms],
     epochs: int,
@@ -52,17 +82,27 @@ def train_and_record(
     augment: bool = False,
 ) -> None:
     """Fit `net`, log the run to MLflow, then write the DVC outputs of `role` (last, so a failure
-    leaves none of them)."""
+    leaves none of them).
+
+    Without a validation split (the tutorial's protocol) the model is the last epoch's and the test
+    accuracy is monitored every epoch. With one, only validation accuracy is monitored, the model is
+    the best epoch's by it, and the test set is evaluated once at the end, for both the last and the
+    best epoch (`last_epoch_test_accuracy`, `test_accuracy`).
+    """
     device = resolve_device(p.train.device)
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
-    config = FitConfig(epochs, p.train.batch_size, p.train.lr, p.train.seed, device,
+    config = FitConfig(epochs, p.train.batch_size, p.train.lr, seed, device,
                        p.train.precision, augment)  # fmt: skip
+    monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
     history: list[dict[str, float]] = []
+    best: dict[str, Any] = {}
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
-        tags = {"device": str(device), "precision": p.train.precision}
+        tags = {"device": str(device), "precision": p.train.precision,
+                "data.file_md5": files.md5(_outputs.DATA.read_bytes())}  # fmt: skip
         run.set_tags(tags | ({"teacher_outputs": teacher_source} if teacher_source else {}))
+        sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
         run.log_dataset(
-            p.data.url, p.data.md5, {"train": len(ds.train.labels), "test": len(ds.test.labels)}
+            p.data.url, p.data.md5, sizes | ({"val": len(ds.val.labels)} if ds.val else {})
         )
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -70,12 +110,19 @@ def train_and_record(
             history.append(
                 {"epoch": epoch, **{k: v for k, v in metrics.items() if k not in TIMING}}
             )
+            if ds.val is not None and metrics["val_accuracy"] > best.get("val_accuracy", -1.0):
+                best.update(epoch=epoch, val_accuracy=metrics["val_accuracy"], state=_snapshot(net))
 
         started = time.perf_counter()
         fit(net, ds.train, loss_fn, config, normalize, targets=targets, head=head,
-            eval_sets={"test": ds.test}, on_epoch=on_epoch, desc=stage)  # fmt: skip
+            eval_sets=monitored, on_epoch=on_epoch, desc=stage)  # fmt: skip
+        summary: dict[str, float] = {"parameters": models.count_parameters(net)}
+        if ds.val is not None:
+            summary["last_epoch_test_accuracy"] = _test_accuracy(net, ds.test, normalize, device)
+            net.load_state_dict(best["state"])
+            summary |= {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                        "test_accuracy": _test_accuracy(net, ds.test, normalize, device)}  # fmt: skip
         # The per-epoch metrics are already in the run (MLflow shows their last value); add the rest.
-        summary = {"parameters": models.count_parameters(net)}
         run.log_metrics({**summary, "train_seconds": time.perf_counter() - started})
         final = {**{k: v for k, v in history[-1].items() if k != "epoch"}, **summary}
         weights = models.weights_bytes(net)
@@ -87,3 +134,13 @@ def train_and_record(
             tmp.write_bytes(weights)
         files.write_json(_outputs.train_metrics(role), final)
         files.write_json(_outputs.train_history(role), history)
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _test_accuracy(net: nn.Module, test: data.Split, normalize: nn.Module, device) -> float:
+    """Test accuracy in fp32, as the evaluate stage measures it."""
+    logits = predict(net.to(device), test.images.to(device), normalize.to(device))
+    return accuracy(logits, test.labels.to(device))

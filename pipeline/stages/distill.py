@@ -1,9 +1,10 @@
-"""Stage `distill@<variant>`: train LightNN with the variant's method from params.yaml `variants`.
+"""Stage `distill@<variant>-<seed>`: train LightNN with the variant's method from params.yaml
+`variants`, with one of the `seeds`.
 
-Reads data.{train,test}_size, normalize, train, student, variants.<variant>, and, when the method
-needs a teacher, its cached outputs (or, with augmentation, its weights, to run it live). Every
-variant starts from the same initial weights (the seed) and sees the same batches, so the comparison
-between variants is paired.
+Reads data.{train,test,val}_size, normalize, train, student, variants.<variant>, teacher.seeds and,
+when the method needs a teacher, the cached outputs of its teacher (the one of the same seed, else
+the first; with augmentation, its weights, to run it live). For one seed every variant starts from
+the same initial weights and sees the same batches in the same order, so variants are paired.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import safetensors.torch
 
 from pipeline import losses, models, params
 from pipeline.stages import _outputs
-from pipeline.stages._cli import run
-from pipeline.stages._training import common_params, load_dataset, train_and_record
+from pipeline.stages._cli import run, seed_argument
+from pipeline.stages._training import Dataset, common_params, load_dataset, train_and_record
 from pipeline.stages.train_teacher import ARCH as TEACHER_ARCH
 from pipeline.train import Targets, cached_teacher, live_teacher, resolve_device
 
@@ -23,27 +24,32 @@ ARCH = "LightNN"
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise ValueError("usage: python -m pipeline.stages.distill <variant name from params.yaml>")
+    if len(sys.argv) != 3:
+        raise ValueError(
+            "usage: python -m pipeline.stages.distill <variant> <seed> (from params.yaml)"
+        )
     p = params.load_all()
     variant = p.variant(sys.argv[1])
+    seed = seed_argument(sys.argv[2:], p.seeds, "seeds", "distill")
     method = losses.get(variant.method)
-    stage = f"distill@{variant.name}"
+    stage = f"distill@{_outputs.student_role(variant.name, seed)}"
+    ds = load_dataset(p, seed)
     targets, source = None, None
     if method.needs_teacher:
-        targets, source = teacher_targets(p, variant, stage)
-    student = models.build(ARCH, p.train.seed)
+        targets, source = teacher_targets(p, variant, seed, ds, stage)
     train_and_record(
         stage=stage,
-        role=variant.name,
+        role=_outputs.student_role(variant.name, seed),
+        seed=seed,
         p=p,
-        ds=load_dataset(p),
-        net=student,
+        ds=ds,
+        net=models.build(ARCH, seed),
         loss_fn=losses.bind(variant.method, variant.kwargs),
         epochs=p.student.epochs,
         run_params={
-            **common_params(p),
+            **common_params(p, seed),
             "student": vars(p.student),
+            "teacher_seed": p.teacher_seed(seed),
             "model": ARCH,
             "variant": {
                 "name": variant.name,
@@ -59,15 +65,21 @@ def main() -> None:
     )
 
 
-def teacher_targets(p: params.Params, variant: params.Variant, stage: str) -> tuple[Targets, str]:
-    """The cached teacher outputs; the live teacher when augmentation changes the images."""
+def teacher_targets(
+    p: params.Params, variant: params.Variant, seed: int, ds: Dataset, stage: str
+) -> tuple[Targets, str]:
+    """The cached outputs of this seed's teacher; the live teacher when augmentation changes the
+    images."""
     device = resolve_device(p.train.device)
+    teacher_seed = p.teacher_seed(seed)
     if variant.augment:
         print(f"{stage}: augmentation is on, so the teacher runs live on every batch (not cached)")
-        teacher = models.load_weights(TEACHER_ARCH, _outputs.TEACHER_MODEL).to(device)
+        weights = _outputs.model(_outputs.teacher_role(teacher_seed))
+        teacher = models.load_weights(TEACHER_ARCH, weights).to(device)
         return live_teacher(teacher, p.train.precision), "live"
-    cache = safetensors.torch.load_file(_outputs.TEACHER_OUTPUTS, device=str(device))
-    return cached_teacher(models.Outputs(cache["logits"], cache["features"])), "cached"
+    cache = safetensors.torch.load_file(_outputs.teacher_outputs(teacher_seed), device=str(device))
+    rows = ds.train_indices.to(device)  # this seed's training split, in the order fit() indexes it
+    return cached_teacher(models.Outputs(cache["logits"][rows], cache["features"][rows])), "cached"
 
 
 if __name__ == "__main__":

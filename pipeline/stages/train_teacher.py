@@ -1,11 +1,14 @@
-"""Stage `train_teacher`: DeepNN with cross-entropy. Reads data.{train,test}_size, normalize, train,
-teacher (and, undeclared, mlflow.experiment and data.url: they change where things are recorded or
-fetched from, not what is computed)."""
+"""Stage `train_teacher@<seed>`: DeepNN with cross-entropy, one per entry of teacher.seeds. Reads
+data.{train,test,val}_size, normalize, train, teacher.epochs (and, undeclared, mlflow.experiment and
+data.url: they change where things are recorded or fetched from, not what is computed)."""
 
 from __future__ import annotations
 
+import sys
+
 from pipeline import losses, models, params
-from pipeline.stages._cli import run
+from pipeline.stages import _outputs
+from pipeline.stages._cli import run, seed_argument
 from pipeline.stages._training import common_params, load_dataset, train_and_record
 
 ARCH = "DeepNN"
@@ -13,15 +16,21 @@ ARCH = "DeepNN"
 
 def main() -> None:
     p = params.load_all()
+    seed = seed_argument(sys.argv[1:], p.teacher.seeds, "teacher.seeds", "train_teacher")
     train_and_record(
-        stage="train_teacher",
-        role="teacher",
+        stage=f"train_teacher@{seed}",
+        role=_outputs.teacher_role(seed),
+        seed=seed,
         p=p,
-        ds=load_dataset(p),
-        net=models.build(ARCH, p.train.seed),
+        ds=load_dataset(p, seed),
+        net=models.build(ARCH, seed),
         loss_fn=losses.bind("ce", {}),
         epochs=p.teacher.epochs,
-        run_params={**common_params(p), "teacher": vars(p.teacher), "model": ARCH},
+        run_params={
+            **common_params(p, seed),
+            "teacher": {"epochs": p.teacher.epochs},
+            "model": ARCH,
+        },
     )
 
 
