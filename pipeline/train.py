@@ -44,6 +44,11 @@ class FitConfig:
 
 PRECISIONS = ("fp32", "bf16")
 
+
+class NumericalError(RuntimeError):
+    """Training diverged: a loss was NaN or infinite. The message is one line meant for the user."""
+
+
 # The teacher's targets for a batch: given the batch's indices into the training set and its
 # (normalised, possibly augmented) images. A live teacher uses the images; a cache uses the indices.
 Targets = Callable[[torch.Tensor, torch.Tensor], Outputs]
@@ -176,7 +181,10 @@ def fit(
         model.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for idx in batch_indices(len(labels), config.batch_size, order, device):
+        # The first batch whose loss is not finite, kept on the device (no sync per step) and
+        # checked once per epoch: a diverged model is never reported or saved as trained.
+        first_bad = torch.zeros((), device=device, dtype=torch.long)
+        for step, idx in enumerate(batch_indices(len(labels), config.batch_size, order, device), 1):
             batch = augment(images[idx], order) if config.augment else images[idx]
             x, y = normalize(batch).contiguous(memory_format=torch.channels_last), labels[idx]
             teacher_out = targets(idx, x) if targets is not None else None
@@ -186,10 +194,18 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             terms[TOTAL].backward()
             optimizer.step()
+            bad = (first_bad == 0) & ~torch.isfinite(terms[TOTAL].detach())
+            first_bad = torch.where(bad, step, first_bad)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach().float() * len(idx)
             correct += (out.logits.argmax(dim=1) == y).sum()
             bar.update()
+        if (bad_step := first_bad.item()) > 0:
+            bar.close()
+            raise NumericalError(
+                f"{desc}: the training loss became NaN or infinite at epoch {epoch}, batch "
+                f"{bad_step} of {steps_per_epoch}; lower train.lr or the variant's weights and rerun"
+            )
         metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
         metrics["train_accuracy"] = correct.item() / len(labels)
         # Monitoring at the training precision (bf16 halves the teacher's evaluation time and moved

@@ -5,7 +5,7 @@ import torch
 from cifar_archive import make_archive
 
 from pipeline import data, losses, models
-from pipeline.train import FitConfig, fit, live_teacher
+from pipeline.train import FitConfig, NumericalError, fit, live_teacher
 
 NORMALIZE = data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CONFIG = FitConfig(epochs=2, batch_size=32, lr=1e-3, seed=42)
@@ -204,3 +204,22 @@ def test_augmented_training_with_a_live_teacher_is_seeded(tiny, teacher):
     )
     assert same_weights(a, b)
     assert not same_weights(a, train_student(tiny, teacher, "kd", params))
+
+
+def test_a_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):
+    ce = losses.bind("ce", {})
+    calls = []
+
+    def diverging(out, teacher_out, y, head):
+        terms = ce(out, teacher_out, y, head)
+        calls.append(1)
+        if len(calls) == 12:  # epoch 2 (300 images / 32 = 10 batches per epoch), batch 2
+            terms = {k: v * float("inf") for k, v in terms.items()}
+        return terms
+
+    epochs = []
+    with pytest.raises(NumericalError, match=r"at epoch 2, batch 2 of 10; lower train\.lr") as e:
+        fit(models.build("LightNN", 1), tiny.train, diverging, CONFIG, NORMALIZE,
+            on_epoch=lambda epoch, m: epochs.append(epoch))  # fmt: skip
+    assert "\n" not in str(e.value)
+    assert epochs == [1]  # the diverged epoch is never reported as trained

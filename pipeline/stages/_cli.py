@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from pipeline.data import DataError
 from pipeline.params import ParamsError
-from pipeline.train import tune_allocator
+from pipeline.train import NumericalError, tune_allocator
 
 # Problems the user can fix from the message alone: shown as one line, no traceback.
-USER_ERRORS = (DataError, ParamsError, ValueError)
+USER_ERRORS = (DataError, ParamsError, NumericalError, ValueError)
 
 
 def seed_argument(argv: list[str], allowed: tuple[int, ...], key: str, stage: str) -> int:
