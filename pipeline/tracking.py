@@ -18,6 +18,9 @@ import json
 import logging
 import os
 import platform
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -51,6 +54,36 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri()
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message is one line meant for the user."""
+
+
+SERVER_TIMEOUT_S = 10
+
+
+def check_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+    """Fail fast, before any work, when an http(s) tracking server does not answer.
+
+    MLflow's own client retries with exponential back-off for minutes; a stage should instead say
+    at once that the server is down. Asks the server's /health endpoint.
+    """
+    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise TrackingError(f"MLflow tracking server {uri} answered {e.code}; "
+                                "check the server, or unset MLFLOW_TRACKING_URI") from None  # fmt: skip
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"MLflow tracking server {uri} did not answer within {timeout:g} s ({reason}); start it, "
+            "fix MLFLOW_TRACKING_URI, or unset it to use the embedded store"
+        ) from None
 
 
 def _embedded_uri() -> str:

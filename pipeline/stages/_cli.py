@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 from pipeline.data import DataError
 from pipeline.params import ParamsError
+from pipeline.tracking import TrackingError, check_server, tracking_uri
 from pipeline.train import NumericalError, tune_allocator
 
 # Problems the user can fix from the message alone: shown as one line, no traceback.
-USER_ERRORS = (DataError, ParamsError, NumericalError, ValueError)
+USER_ERRORS = (DataError, ParamsError, NumericalError, TrackingError, ValueError)
 
 
 def seed_argument(argv: list[str], allowed: tuple[int, ...], key: str, stage: str) -> int:
@@ -38,6 +39,7 @@ def run(main: Callable[[], None]) -> None:
     sys.stdout.reconfigure(line_buffering=True)
     tune_allocator()
     try:
+        check_server(tracking_uri())  # before any work: a dead server must not cost a training
         main()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,46 @@
+"""A tracking server that does not answer fails a stage fast, in bounded time, in one line."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+from pipeline.tracking import TrackingError, check_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_refused_connection_is_named():
+    with pytest.raises(TrackingError, match=r"did not answer within 2 s .*Connection refused"):
+        check_server(f"http://127.0.0.1:{free_port()}", timeout=2)
+
+
+def test_a_server_that_never_answers_is_bounded_by_the_timeout():
+    with socket.socket() as silent:  # accepts connections (the backlog) and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        with pytest.raises(TrackingError, match=r"did not answer within 0\.5 s"):
+            check_server(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        assert time.monotonic() - started < 5
+
+
+def test_the_embedded_store_needs_no_server():
+    check_server("sqlite:///somewhere/mlflow.db")  # nothing to ask, nothing raised
+
+
+def test_a_stage_fails_before_any_work_with_one_line(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    done = subprocess.run([sys.executable, "-m", "pipeline.stages.report"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: MLflow tracking server http://127.0.0.1")
