@@ -14,8 +14,6 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from pipeline.files import atomic_path
-
 
 class Outputs(NamedTuple):
     logits: torch.Tensor
@@ -110,11 +108,6 @@ class Classifier(nn.Module):
 def weights_bytes(net: nn.Module) -> bytes:
     """Weights as safetensors: the same weights give the same bytes (a stable DVC hash)."""
     return safetensors.torch.save({k: v.contiguous() for k, v in net.state_dict().items()})
-
-
-def save_weights(net: nn.Module, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(weights_bytes(net))
 
 
 def load_weights(arch: str, path: Path) -> nn.Module:
