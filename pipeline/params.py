@@ -131,13 +131,16 @@ class EvaluateParams:
             raise ParamsError(f"{where}.throughput_iters = {self.throughput_iters}: must be >= 1")
 
 
-# What a champion may be selected by, and whether more is better.
-SELECTABLE = {
+# Whether more is better, for each metric a champion can be chosen by.
+DIRECTION = {
     "test_accuracy": "max",
     "teacher_agreement": "max",
     "teacher_kl": "min",
     "ece": "min",
+    "val_accuracy": "max",  # used, instead of registry.select_by, whenever data.val_size > 0
 }
+# What registry.select_by may name: val_accuracy exists only with a split, which picks it anyway.
+SELECTABLE = tuple(k for k in DIRECTION if k != "val_accuracy")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline import stats
-from pipeline.params import SELECTABLE
+from pipeline.params import DIRECTION
 
 Tree = Mapping[str, Any]
 
@@ -29,8 +29,7 @@ def mean_of(per_seed: Mapping[str, Mapping[str, Any]], key: str) -> float | None
 
 def champion(evaluation: Tree, select_by: str) -> tuple[str, str]:
     """(variant, seed) of the single best student by `select_by` (the first listed wins a tie)."""
-    direction = "max" if select_by == "val_accuracy" else SELECTABLE[select_by]
-    sign = 1 if direction == "max" else -1
+    sign = 1 if DIRECTION[select_by] == "max" else -1
     candidates = [
         (variant, seed, m[select_by])
         for variant, per_seed in evaluation["students"].items()
