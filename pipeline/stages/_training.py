@@ -33,9 +33,11 @@ class Dataset:
     classes: tuple[str, ...]
 
 
-def load_dataset(p: Params, seed: int) -> Dataset:
-    """The sets of one seed: data.val_size training images held out, the split fixed by the seed."""
-    ds = data.load(_outputs.DATA)
+def load_dataset(p: Params, seed: int, ds: data.Cifar10 | None = None) -> Dataset:
+    """The sets of one seed: data.val_size training images held out, the split fixed by the seed.
+
+    `ds` is the loaded data file, for callers that need several seeds' sets (else it is read)."""
+    ds = ds or data.load(_outputs.DATA)
     train = data.subset(ds.train, p.data.train_size)
     test = data.subset(ds.test, p.data.test_size)
     if p.data.val_size == 0:

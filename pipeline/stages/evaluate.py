@@ -47,10 +47,9 @@ def main() -> None:
         for v in p.variants for s in p.seeds
     ]  # fmt: skip
     logits: dict[str, torch.Tensor] = {}
-    datasets = {}
+    full = data.load(_outputs.DATA)  # read once; each seed only selects its split of it
+    datasets = {seed: load_dataset(p, seed, full) for seed in {*p.seeds, *p.teacher.seeds}}
     for role, where, arch, seed, teacher_role in models_to_evaluate:
-        if seed not in datasets:
-            datasets[seed] = load_dataset(p, seed)
         ds = datasets[seed]
         net = models.load_weights(arch, _outputs.model(role)).to(device)
         norm = normalize.to(device)
