@@ -33,7 +33,7 @@ import torch
 import torchvision
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -184,9 +184,7 @@ class StageRun:
 
     def set_tags(self, tags: Mapping[str, str], to_parent: bool = False) -> None:
         run_id = self.parent_id if to_parent else self.run_id
-        client = MlflowClient()
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+        MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def tag_weights(self, weights_md5: str) -> None:
         """The MD5 of the saved weights file: what links the DVC output to this run's model."""
