@@ -13,6 +13,7 @@ provenance.invocation_key(), so the MLflow UI shows the teacher and the variants
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -90,6 +91,34 @@ def _embedded_uri() -> str:
     return f"sqlite:///{provenance.project_root() / DB_FILE}"
 
 
+def _client(uri: str) -> MlflowClient:
+    """A client of `uri`, its store created (or migrated) now, under a file lock for a SQLite file.
+
+    MLflow creates and migrates a SQLite store's tables on first use; two stages doing that at once
+    (`dvc queue start -j 2` on a fresh checkout) fail with "duplicate column" or alembic errors.
+    Once the tables exist, MLflow's own busy timeout serialises the writers.
+    """
+    mlflow.set_tracking_uri(uri)
+    db = _sqlite_file(uri)
+    if db is None:
+        return MlflowClient()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        client = MlflowClient()
+        client.search_experiments(
+            max_results=1
+        )  # builds the store (cached per URI) inside the lock
+    return client
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///<path>` URI; None for anything else (in-memory too)."""
+    prefix = "sqlite:///"
+    path = uri[len(prefix) :].split("?")[0] if uri.startswith(prefix) else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -141,8 +170,7 @@ def stage_run(
     artifacts = None
     if uri == _embedded_uri():
         artifacts = (provenance.project_root() / ARTIFACTS_DIR).as_uri()
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
+    client = _client(uri)
     experiment_id = _experiment_id(client, experiment, artifacts)
     tags = _invocation_tags(data_md5)
     parent_id = _invocation_run(client, experiment_id, tags)

@@ -332,7 +332,8 @@ def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_r
 def test_queued_and_temp_experiments_land_in_the_same_store(project, first_repro):
     for t in (3.0, 5.0):
         project.run("dvc", "exp", "run", "--queue", "-S", f"variants.kd.temperature={t}")
-    project.run("dvc", "queue", "start")
+    # Two workers: both experiments write to the one embedded SQLite store at the same time.
+    project.run("dvc", "queue", "start", "-j", "2")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = project.run("dvc", "queue", "status")
@@ -347,6 +348,12 @@ def test_queued_and_temp_experiments_land_in_the_same_store(project, first_repro
     names = {temps[t].data.tags.get("dvc.experiment") for t in ("3.0", "5.0", "7.0")}
     assert None not in names and len(names) == 3
     assert all(r.info.status == "FINISHED" for r in kd_runs)
+    # The two queued experiments really ran at the same time (their stages' runs overlap).
+    spans = []
+    for t in ("3.0", "5.0"):
+        runs = project.runs(**{"dvc.experiment": temps[t].data.tags["dvc.experiment"]})
+        spans.append((min(r.info.start_time for r in runs), max(r.info.end_time for r in runs)))
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
     assert not list((project.path / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
 
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import ROOT
+from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import TrackingError, check_server
 
@@ -44,3 +45,35 @@ def test_a_stage_fails_before_any_work_with_one_line(tmp_path):
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: MLflow tracking server http://127.0.0.1")
+
+
+# One stage's whole use of the store: open a run, log to it, close it.
+STAGE = """
+import sys
+from pipeline import tracking
+with tracking.stage_run(f"stage-{sys.argv[1]}", "concurrent", {"seed": sys.argv[1]}, "0" * 32) as r:
+    r.log_metrics({"accuracy": 0.5})
+    r.set_tags({"device": "cpu"})
+"""
+
+
+def test_parallel_stages_on_a_fresh_sqlite_store_all_finish(tmp_path):
+    """What `dvc queue start -j 2` does on a fresh checkout: the first stages of both experiments
+    create the store at once (MLflow migrates a new SQLite file on first use)."""
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+
+    def stage(i: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", STAGE, str(i)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    procs = [stage(i) for i in range(4)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("concurrent")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="attributes.run_name LIKE 'stage-%'"
+    )
+    assert sorted(r.info.run_name for r in runs) == [f"stage-{i}" for i in range(4)]
+    assert {r.info.status for r in runs} == {"FINISHED"}
