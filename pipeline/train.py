@@ -16,6 +16,7 @@ import ctypes
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,9 @@ from pipeline.models import Outputs
 
 CPU = torch.device("cpu")
 EpochCallback = Callable[[int, dict[str, float]], None]
+# What fit() needs to continue after an epoch: see loop_state(). Tensors are the live ones (valid
+# until training goes on), so a callback that keeps them must copy or serialise them at once.
+LoopState = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ def fit(
     head: nn.Module | None = None,
     eval_sets: Mapping[str, Split] | None = None,
     on_epoch: EpochCallback | None = None,
+    on_checkpoint: Callable[[LoopState], None] | None = None,
+    start: LoopState | None = None,
     desc: str = "train",
 ) -> nn.Module:
     """Train `model` (and `head`) with Adam on `loss_fn`; returns the trained model.
@@ -158,6 +164,10 @@ def fit(
     method needs no teacher. After each epoch `on_epoch(epoch, metrics)` gets the epoch's mean of
     every loss component as `train_<component>` (the total as `train_loss`), `train_accuracy`,
     `<name>_accuracy` for each split in `eval_sets` and `epoch_seconds`. Epochs count from 1.
+
+    Then `on_checkpoint` gets the loop's state; given back as `start`, training continues after
+    that epoch exactly as if it had never stopped (the same weights on CPU): the state holds the
+    weights, the optimizer's moments and both random streams (batch order and dropout).
     """
     device = config.device
     model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
@@ -173,10 +183,15 @@ def fit(
     }
     order = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout masks: the same stream for every variant
+    done = 0
+    if start is not None:
+        done = _restore(start, model, head, optimizer, order, device)
+        tqdm.write(f"{desc}: resuming after epoch {done}/{config.epochs}")
 
     steps_per_epoch = -(-len(labels) // config.batch_size)
-    bar = progress.bar(total=config.epochs * steps_per_epoch, desc=desc, unit="step")
-    for epoch in range(1, config.epochs + 1):
+    bar = progress.bar(total=config.epochs * steps_per_epoch, desc=desc, unit="step",
+                       initial=done * steps_per_epoch)  # fmt: skip
+    for epoch in range(done + 1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
         sums: dict[str, torch.Tensor] = {}
@@ -219,6 +234,48 @@ def fit(
         tqdm.write(f"{desc} epoch {epoch}/{config.epochs}: {shown}")
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        if on_checkpoint is not None:
+            on_checkpoint(loop_state(epoch, model, head, optimizer, order, device))
     bar.close()
     optimizer.zero_grad(set_to_none=True)  # the returned model carries no stale gradients
     return model.to(memory_format=torch.contiguous_format)
+
+
+def loop_state(
+    epoch: int,
+    model: nn.Module,
+    head: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    order: torch.Generator,
+    device: torch.device,
+) -> LoopState:
+    """Everything the loop carries from one epoch to the next."""
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "head": head.state_dict() if head is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "batch_order_rng": order.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _restore(
+    state: LoopState,
+    model: nn.Module,
+    head: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    order: torch.Generator,
+    device: torch.device,
+) -> int:
+    """Put `state` back into the loop's objects; returns the epoch it was taken after."""
+    model.load_state_dict(state["model"])
+    if head is not None:
+        head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    order.set_state(state["batch_order_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return state["epoch"]

@@ -1,4 +1,5 @@
 import copy
+import io
 
 import pytest
 import torch
@@ -223,3 +224,43 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):
             on_epoch=lambda epoch, m: epochs.append(epoch))  # fmt: skip
     assert "\n" not in str(e.value)
     assert epochs == [1]  # the diverged epoch is never reported as trained
+
+
+@pytest.mark.parametrize(
+    ("method", "config"),
+    [
+        ("ce", FitConfig(3, 32, 1e-3, 42)),  # weights, Adam's moments, batch order, dropout
+        ("regressor", FitConfig(3, 32, 1e-3, 42, augment=True)),  # + a head, augmentation draws
+        ("ce", FitConfig(3, 32, 1e-3, 42, precision="bf16")),  # as the pipeline trains
+    ],
+)
+def test_resuming_after_any_epoch_gives_the_weights_of_an_unbroken_run(
+    tiny, teacher, method, config
+):
+    spec = losses.get(method)
+    params = {"distill_weight": 0.25, "ce_weight": 0.75} if method == "regressor" else {}
+
+    def train(**kwargs) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        student = models.build("LightNN", 42)
+        head = spec.make_head() if spec.make_head else None
+        targets = live_teacher(teacher, "fp32") if spec.needs_teacher else None
+        fit(student, tiny.train, losses.bind(method, params), config, NORMALIZE,
+            targets=targets, head=head, **kwargs)  # fmt: skip
+        return student, head
+
+    saved = []  # each epoch's state as the stage writes it: serialised at once
+
+    def keep(state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        saved.append(buffer.getvalue())
+
+    unbroken, unbroken_head = train(on_checkpoint=keep)
+    assert [torch.load(io.BytesIO(b))["epoch"] for b in saved] == [1, 2, 3]
+    # Dropout draws from the global stream: whatever happened in between must not matter.
+    torch.manual_seed(12345)
+    for blob in saved:
+        resumed, resumed_head = train(start=torch.load(io.BytesIO(blob)))
+        assert same_weights(resumed, unbroken)
+        if unbroken_head is not None:
+            assert same_weights(resumed_head, unbroken_head)
