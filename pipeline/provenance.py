@@ -56,11 +56,17 @@ def invocation_key(inputs: tuple[str, ...] = INPUTS) -> str:
     pipeline's inputs (params, stage definitions, code). Outputs are left out on purpose: DVC
     rewrites them (and dvc.lock) between the stages of one invocation."""
     h = hashlib.sha256()
-    for piece in (git_commit(), dvc_experiment() or ""):
+    for piece in (git_commit(), dvc_experiment() or "", content_digest(inputs)):
         h.update(piece.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def content_digest(inputs: tuple[str, ...]) -> str:
+    """SHA-256 of the named files and of the .py files under the named folders, with their paths."""
+    h = hashlib.sha256()
     for name in inputs:
         root = Path(name)
         for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
             h.update(str(path).encode() + b"\0")
             h.update(path.read_bytes() if path.is_file() else b"-")
-    return h.hexdigest()[:16]
+    return h.hexdigest()

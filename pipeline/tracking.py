@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +31,7 @@ from typing import Any
 import mlflow
 import mlflow.pytorch
 import numpy as np
+import psutil
 import torch
 import torchvision
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -176,6 +178,8 @@ def stage_run(
     parent_id = _invocation_run(client, experiment_id, tags)
     flat = _flatten(params)
     tags |= {"dvc.stage": stage, "mlflow.parentRunId": parent_id, "params.hash": params_hash(flat)}
+    tags |= _process_tags()
+    _close_dead_runs(client, experiment_id)
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
         mlflow.log_params(flat)
         try:
@@ -184,6 +188,39 @@ def stage_run(
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
     # any other exception: start_run's context manager ends the run FAILED
+
+
+def _process_tags() -> dict[str, str]:
+    """Which process holds the run: lets a later stage tell that it died without closing it."""
+    me = psutil.Process()
+    return {"process.host": socket.gethostname(), "process.pid": str(me.pid),
+            "process.started": repr(me.create_time())}  # fmt: skip
+
+
+def _close_dead_runs(client: MlflowClient, experiment_id: str) -> None:
+    """End as KILLED the RUNNING runs of this machine whose process is gone.
+
+    A process killed by SIGKILL, the OOM killer or a power cut cannot close its run; the next stage
+    that starts here does, so no run stays RUNNING for ever. A process is identified by its PID and
+    start time, so a recycled PID is not taken for the original process.
+    """
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'"
+    for run in client.search_runs([experiment_id], filter_string=query, max_results=1000):
+        pid, started = run.data.tags.get("process.pid"), run.data.tags.get("process.started")
+        if pid is None or started is None or _alive(int(pid), float(started)):
+            continue
+        client.set_tag(run.info.run_id, "killed.reason",
+                       f"process {pid} ended without closing the run (SIGKILL, out of memory or a "
+                       "power cut); closed by the next stage that started on this machine")  # fmt: skip
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def _alive(pid: int, started: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
 
 
 def params_hash(flat: Mapping[str, Any]) -> str:
@@ -217,6 +254,13 @@ class StageRun:
     def tag_weights(self, weights_md5: str) -> None:
         """The MD5 of the saved weights file: what links the DVC output to this run's model."""
         mlflow.set_tag(MODEL_MD5_TAG, weights_md5)
+
+    def record_resume(self, previous_run_id: str, epoch: int) -> None:
+        """Tag this run as resumed after `epoch` from the checkpoint of `previous_run_id`, and
+        that run as resumed by this one (when it is still in this store)."""
+        self.set_tags({"resumed_from.run_id": previous_run_id, "resumed_from.epoch": str(epoch)})
+        with contextlib.suppress(MlflowException):  # deleted, or recorded in another store
+            MlflowClient().set_tag(previous_run_id, "resumed_by.run_id", self.run_id)
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         mlflow.log_metrics(dict(metrics), step=epoch)

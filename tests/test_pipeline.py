@@ -5,14 +5,11 @@ run in order against that one copy (each builds on the state the previous one le
 """
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -20,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cifar_archive import make_archive
-from conftest import ROOT
 from mlflow.tracking import MlflowClient
+from project import Project, copy_project
 
 from pipeline import data, models
 
@@ -48,67 +44,11 @@ TIMED = {"metrics/speed.json", "reports/comparison.md", "reports/tradeoff.png"}
 TEST_IMAGES = 40  # make_archive(per_batch=40): one test batch
 
 
-class Project:
-    def __init__(self, path: Path):
-        self.path = path
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))},
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "true",
-            "DVC_NO_ANALYTICS": "1",
-            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
-        }  # fmt: skip
-        self.client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
-
-    def run(self, *cmd: str, timeout: float = 600, check: bool = True) -> str:
-        done = subprocess.run(
-            cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-        return done.stdout + done.stderr
-
-    def repro(self) -> list[str]:
-        """Run `dvc repro`; return the names of the stages that ran."""
-        return re.findall(r"Running stage '([^']+)'", self.run("dvc", "repro"))
-
-    def set_params(self, **changes) -> None:
-        path = self.path / "params.yaml"
-        doc = yaml.safe_load(path.read_text())
-        for dotted, value in changes.items():
-            *parents, last = dotted.split("__")
-            node = doc
-            for key in parents:
-                node = node[key]
-            node[last] = value
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-    def runs(self, **filters):
-        exp = self.client.get_experiment_by_name("cifar10-distillation")
-        runs = self.client.search_runs([exp.experiment_id], max_results=1000)
-        return [r for r in runs if all(r.data.tags.get(k) == v for k, v in filters.items())]
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Project:
-    path = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    for name in files:
-        if (ROOT / name).is_file():
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, path / name)
     archive = tmp_path_factory.mktemp("mirror") / "cifar-10-python.tar.gz"
-    md5 = make_archive(archive, per_batch=40)
-    p = Project(path)
-    p.set_params(data__url=archive.as_uri(), data__md5=md5, teacher__epochs=1, student__epochs=1,
-                 train__batch_size=32)  # fmt: skip
-    p.run("git", "init", "-q")
-    p.run("git", "add", "-A")
-    p.run("git", "commit", "-qm", "tiny pipeline")
-    return p
+    return copy_project(tmp_path_factory.mktemp("project"), archive, teacher__epochs=1,
+                        student__epochs=1, train__batch_size=32)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -45,5 +45,6 @@ def run(main: Callable[[], None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("error: interrupted; rerun the stage to start it again", file=sys.stderr)
+        print("error: interrupted; rerun the stage to continue (a training stage resumes after "
+              "its last complete epoch)", file=sys.stderr)  # fmt: skip
         sys.exit(130)

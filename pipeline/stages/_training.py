@@ -3,20 +3,22 @@ it."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline import data, files, models, tracking
+from pipeline import checkpoint, data, files, models, provenance, tracking
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import Terms
 from pipeline.params import Params
 from pipeline.stages import _outputs
-from pipeline.train import FitConfig, Targets, fit, resolve_device
+from pipeline.train import FitConfig, LoopState, Targets, fit, resolve_device
 
 # Wall-clock figures go to MLflow only: DVC outputs must be the same on every rerun.
 TIMING = ("epoch_seconds",)
@@ -80,11 +82,17 @@ def train_and_record(
     run_params: dict[str, Any],
     targets: Targets | None = None,
     teacher_source: str | None = None,
+    teacher_file: Path | None = None,
     head: nn.Module | None = None,
     augment: bool = False,
 ) -> None:
     """Fit `net`, log the run to MLflow, then write the DVC outputs of `role` (last, so a failure
     leaves none of them).
+
+    After every epoch the training is checkpointed (see pipeline/checkpoint.py); a rerun after an
+    interruption resumes after the last complete epoch, copies the earlier epochs' metrics into its
+    run and records which run it resumed from. `teacher_file` is what the teacher's targets come
+    from (its cached outputs or its weights), part of what a checkpoint must match.
 
     Without a validation split (the tutorial's protocol) the model is the last epoch's and the test
     accuracy is monitored every epoch. With one, only validation accuracy is monitored, the model is
@@ -96,16 +104,23 @@ def train_and_record(
     config = FitConfig(epochs, p.train.batch_size, p.train.lr, seed, device,
                        p.train.precision, augment)  # fmt: skip
     monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {}
+    data_md5 = files.md5(_outputs.DATA.read_bytes())
+    saved_to = _checkpoint(stage, role, run_params, data_md5, teacher_file)
+    resumed = saved_to.load()
+    history: list[dict[str, float]] = resumed["history"] if resumed else []
+    best: dict[str, Any] = resumed["best"] if resumed else {}
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
-        tags = {"device": str(device), "precision": p.train.precision,
-                "data.file_md5": files.md5(_outputs.DATA.read_bytes())}  # fmt: skip
+        tags = {"device": str(device), "precision": p.train.precision, "data.file_md5": data_md5}
         run.set_tags(tags | ({"teacher_outputs": teacher_source} if teacher_source else {}))
         sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
         run.log_dataset(
             p.data.url, p.data.md5, sizes | ({"val": len(ds.val.labels)} if ds.val else {})
         )
+
+        if resumed:
+            run.record_resume(resumed["run_id"], resumed["loop"]["epoch"])
+            for row in history:  # the curves of this run start at epoch 1 too
+                run.log_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, metrics)
@@ -115,9 +130,13 @@ def train_and_record(
             if ds.val is not None and metrics["val_accuracy"] > best.get("val_accuracy", -1.0):
                 best.update(epoch=epoch, val_accuracy=metrics["val_accuracy"], state=_snapshot(net))
 
+        def on_checkpoint(loop: LoopState) -> None:
+            saved_to.save({"loop": loop, "history": history, "best": best, "run_id": run.run_id})
+
         started = time.perf_counter()
         fit(net, ds.train, loss_fn, config, normalize, targets=targets, head=head,
-            eval_sets=monitored, on_epoch=on_epoch, desc=stage)  # fmt: skip
+            eval_sets=monitored, on_epoch=on_epoch, on_checkpoint=on_checkpoint,
+            start=resumed["loop"] if resumed else None, desc=stage)  # fmt: skip
         summary: dict[str, float] = {"parameters": models.count_parameters(net)}
         if ds.val is not None:
             summary["last_epoch_test_accuracy"] = _test_accuracy(net, ds.test, normalize, device)
@@ -136,6 +155,24 @@ def train_and_record(
             tmp.write_bytes(weights)
         files.write_json(_outputs.train_metrics(role), final)
         files.write_json(_outputs.train_history(role), history)
+    saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
+
+
+def _checkpoint(
+    stage: str, role: str, run_params: dict[str, Any], data_md5: str, teacher_file: Path | None
+) -> checkpoint.Checkpoint:
+    """The checkpoint of this training: keyed by its params, its input files and the code.
+
+    Kept in checkpoints/ of the original checkout, also when DVC runs the stage in a temporary
+    experiment copy (deleted afterwards), so a stopped queued experiment resumes when rerun."""
+    digest = checkpoint.key(
+        stage,
+        json.dumps(run_params, sort_keys=True, default=str),
+        data_md5,
+        files.md5(teacher_file.read_bytes()) if teacher_file else "",
+        provenance.content_digest(("pipeline",)),
+    )
+    return checkpoint.Checkpoint(provenance.project_root() / "checkpoints", role, digest)
 
 
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:

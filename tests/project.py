@@ -1,0 +1,74 @@
+"""A copy of this project in a fresh git repository, to run the real pipeline on in tests."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from cifar_archive import make_archive
+from conftest import ROOT
+from mlflow.tracking import MlflowClient
+
+
+class Project:
+    def __init__(self, path: Path):
+        self.path = path
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))},
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        }  # fmt: skip
+        self.client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+
+    def run(self, *cmd: str, timeout: float = 600, check: bool = True) -> str:
+        done = subprocess.run(
+            cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout + done.stderr
+
+    def repro(self) -> list[str]:
+        """Run `dvc repro`; return the names of the stages that ran."""
+        return re.findall(r"Running stage '([^']+)'", self.run("dvc", "repro"))
+
+    def set_params(self, **changes) -> None:
+        path = self.path / "params.yaml"
+        doc = yaml.safe_load(path.read_text())
+        for dotted, value in changes.items():
+            *parents, last = dotted.split("__")
+            node = doc
+            for key in parents:
+                node = node[key]
+            node[last] = value
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def runs(self, **filters):
+        exp = self.client.get_experiment_by_name("cifar10-distillation")
+        runs = self.client.search_runs([exp.experiment_id], max_results=1000)
+        return [r for r in runs if all(r.data.tags.get(k) == v for k, v in filters.items())]
+
+
+def copy_project(path: Path, archive: Path, **params) -> Project:
+    """The committed (and untracked, not ignored) files of this checkout copied to `path`, set to
+    read a tiny archive made at `archive`, with `params` changed, committed in a new repository."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    for name in files:
+        if (ROOT / name).is_file():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)
+    md5 = make_archive(archive, per_batch=40)
+    p = Project(path)
+    p.set_params(data__url=archive.as_uri(), data__md5=md5, **params)
+    p.run("git", "init", "-q")
+    p.run("git", "add", "-A")
+    p.run("git", "commit", "-qm", "tiny pipeline")
+    return p
