@@ -247,12 +247,14 @@ class Normalizer(nn.Module):
         return torch.addcmul(self.shift, images.float(), self.scale)
 
 
-def subset(split: Split, size: int | None) -> Split:
-    """The first `size` examples (all when None); the archive's batches are already shuffled."""
+def subset(split: Split, size: int | None, key: str) -> Split:
+    """The first `size` examples (all when None); the archive's batches are already shuffled.
+    `key` names the param that asked for `size`, for the message when there are fewer."""
     if size is None:
         return split
     if size > len(split.labels):
-        raise DataError(f"subset of {size} requested, but the split has only {len(split.labels)}")
+        raise DataError(f"{key} = {size}: larger than the {len(split.labels)} images there are; "
+                        "lower it, or set it to null for all")  # fmt: skip
     return Split(split.images[:size], split.labels[:size])
 
 

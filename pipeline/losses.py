@@ -110,8 +110,12 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-def bind(name: str, params: Mapping[str, Any]) -> Callable[..., Terms]:
-    """The method's loss with its parameters bound, after checking their names and ranges."""
+def bind(name: str, params: Mapping[str, Any], where: str | None = None) -> Callable[..., Terms]:
+    """The method's loss with its parameters bound, after checking their names and ranges.
+
+    `where` is the key path of the parameters in messages (e.g. variants.kd); the method's name by
+    default."""
+    where = where or name
     fn = get(name).loss
     expected = [
         p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY
@@ -119,18 +123,20 @@ def bind(name: str, params: Mapping[str, Any]) -> Callable[..., Terms]:
     allowed = ", ".join(expected) or "none"
     for key in params:
         if key not in expected:
-            raise ValueError(f"method {name!r} takes no parameter {key!r}; it takes: {allowed}")
+            raise ValueError(f"{where}.{key}: method {name!r} takes no such parameter; it takes: "
+                             f"{allowed}")  # fmt: skip
     for key in expected:
         if key not in params:
-            raise ValueError(f"method {name!r} needs parameter {key!r}; it takes: {allowed}")
+            raise ValueError(f"{where}.{key}: missing; method {name!r} takes: {allowed}")
     for key, value in params.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name}.{key} = {value!r}: expected a number")
+            raise ValueError(f"{where}.{key} = {value!r}: expected a number")
         if key == "temperature" and value <= 0:
-            raise ValueError(f"{name}.temperature = {value}: must be > 0")
+            raise ValueError(f"{where}.{key} = {value}: must be > 0")
         if key.endswith("_weight") and value < 0:
-            raise ValueError(f"{name}.{key} = {value}: weights must be >= 0")
-    weights = [v for k, v in params.items() if k.endswith("_weight")]
-    if weights and sum(weights) == 0:
-        raise ValueError(f"method {name!r}: all weights are 0, nothing would be learned")
+            raise ValueError(f"{where}.{key} = {value}: weights must be >= 0")
+    weights = {k: v for k, v in params.items() if k.endswith("_weight")}
+    if weights and not any(weights.values()):
+        shown = ", ".join(f"{where}.{k} = {v}" for k, v in weights.items())
+        raise ValueError(f"{shown}: at least one weight must be > 0, or nothing is learned")
     return partial(fn, **params)

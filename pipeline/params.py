@@ -247,10 +247,13 @@ def parse_variants(raw: Any) -> dict[str, Variant]:
         augment = spec.get("augment", False)
         if not isinstance(augment, bool):
             raise ParamsError(f"variants.{name}.augment = {augment!r}: expected true or false")
+        if spec["method"] not in losses.METHODS:
+            raise ParamsError(f"variants.{name}.method = {spec['method']!r}: expected one of "
+                              f"{', '.join(losses.METHODS)}")  # fmt: skip
         try:
-            losses.bind(spec["method"], options)
+            losses.bind(spec["method"], options, where=f"variants.{name}")
         except ValueError as e:
-            raise ParamsError(f"variants.{name}: {e}") from None
+            raise ParamsError(str(e)) from None
         variants[name] = Variant(name, spec["method"], tuple(options.items()), augment)
     return variants
 

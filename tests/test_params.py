@@ -1,8 +1,14 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cifar_archive import make_archive
+from conftest import ROOT
 
+from pipeline import data
 from pipeline.params import (
     DataParams,
     EvaluateParams,
@@ -93,11 +99,15 @@ def test_md5_must_be_hex():
     [
         (
             {"kd2": {"method": "kd", "temperature": 2, "distill_weight": 1}},
-            r"variants\.kd2: method 'kd' needs parameter 'ce_weight'",
+            r"variants\.kd2\.ce_weight: missing; method 'kd' takes",
         ),
         (
             {"x": {"method": "fitnet"}},
-            r"variants\.x: unknown distillation method 'fitnet'; valid methods: ce, kd",
+            r"variants\.x\.method = 'fitnet': expected one of ce, kd, cosine, regressor",
+        ),
+        (
+            {"kd": {"method": "kd", "temperature": -1, "distill_weight": 1, "ce_weight": 1}},
+            r"variants\.kd\.temperature = -1: must be > 0",
         ),
         ({"x": {"temperature": 2}}, r"variants\.x = .*: expected a mapping with a 'method'"),
         ({"a b": {"method": "ce"}}, r"variants\.a b: names may use letters"),
@@ -167,3 +177,62 @@ def test_validation_size_must_leave_training_images():
         parse(DataParams, {"url": "u", "md5": "c" * 32, "val_size": -1}, "data")
     with pytest.raises(ParamsError, match=r"data\.val_size = 500: must be smaller than train_size"):
         parse(DataParams, {"url": "u", "md5": "c" * 32, "train_size": 500, "val_size": 500}, "data")
+
+
+# (stage and its arguments, params.yaml changes as key path -> value, what the line must say)
+STAGE_FAULTS = [
+    ("train_teacher 42", {"train.batchsize": 64}, "train.batchsize: unknown key; allowed keys"),
+    ("train_teacher 42", {"train.lr": "fast"}, "train.lr = 'fast': expected float"),
+    ("train_teacher 42", {"teacher.epochs": 0}, "teacher.epochs = 0: must be >= 1"),
+    ("train_teacher 42", {"train.batch_size": 0}, "train.batch_size = 0: must be >= 1"),
+    ("train_teacher 42", {"train.lr": -0.1}, "train.lr = -0.1: must be > 0"),
+    ("distill kd 42", {"variants.kd.temperature": 0}, "variants.kd.temperature = 0: must be > 0"),
+    ("distill cosine 42", {"variants.cosine.ce_weight": -0.5},
+     "variants.cosine.ce_weight = -0.5: weights must be >= 0"),
+    ("distill regressor 42", {"variants.regressor.distill_weight": 0,
+                              "variants.regressor.ce_weight": 0},
+     "variants.regressor.distill_weight = 0, variants.regressor.ce_weight = 0: at least one"),
+    ("distill kd 42", {"variants.kd.method": "fitnets"},
+     "variants.kd.method = 'fitnets': expected one of ce, kd, cosine, regressor"),
+    ("distill kd_t4 42", {}, "unknown variant 'kd_t4'; params.yaml has: ce, kd, cosine, regressor"),
+    ("distill kd 7", {}, "distill: seed '7' is not in seeds = [42]"),
+    ("train_teacher 42", {"data.train_size": 100000},
+     "data.train_size = 100000: larger than the 200 images there are"),
+    ("teacher_outputs 42", {"data.train_size": 100000},
+     "data.train_size = 100000: larger than the 200 images there are"),
+    ("evaluate", {"data.test_size": 41}, "data.test_size = 41: larger than the 40 images"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    """data/cifar10.safetensors of a tiny archive: 200 training and 40 test images."""
+    archive = tmp_path_factory.mktemp("mirror") / "cifar-10-python.tar.gz"
+    make_archive(archive, per_batch=40)
+    path = tmp_path_factory.mktemp("converted") / "cifar10.safetensors"
+    data.save(data.read_archive(archive), path)
+    return path
+
+
+@pytest.mark.parametrize(("command", "changes", "message"), STAGE_FAULTS)
+def test_a_bad_param_stops_the_stage_before_any_run(tmp_path, converted, command, changes, message):
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = doc
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cifar10.safetensors").symlink_to(converted)
+    stage, *args = command.split()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the embedded store: tmp_path/mlflow.db
+    done = subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # no run, not even a store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]

@@ -40,8 +40,8 @@ def load_dataset(p: Params, seed: int, ds: data.Cifar10 | None = None) -> Datase
 
     `ds` is the loaded data file, for callers that need several seeds' sets (else it is read)."""
     ds = ds or data.load(_outputs.DATA)
-    train = data.subset(ds.train, p.data.train_size)
-    test = data.subset(ds.test, p.data.test_size)
+    train = data.subset(ds.train, p.data.train_size, "data.train_size")
+    test = data.subset(ds.test, p.data.test_size, "data.test_size")
     if p.data.val_size == 0:
         return Dataset(train, torch.arange(len(train.labels)), None, test, ds.classes)
     kept, held_out = data.validation_indices(len(train.labels), p.data.val_size, seed)

@@ -25,8 +25,10 @@ def main() -> None:
     p = params.load_all()
     seed = seed_argument(sys.argv[1:], p.teacher.seeds, "teacher.seeds", "teacher_outputs")
     device = resolve_device(p.train.device)
+    images = data.subset(
+        data.load(_outputs.DATA).train, p.data.train_size, "data.train_size"
+    ).images.to(device)
     teacher = models.load_weights(ARCH, _outputs.model(_outputs.teacher_role(seed))).to(device)
-    images = data.subset(data.load(_outputs.DATA).train, p.data.train_size).images.to(device)
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
     used = {"data.train_size": p.data.train_size, "normalize": vars(p.normalize),
             "train.device": p.train.device, "train.precision": p.train.precision, "seed": seed}  # fmt: skip
