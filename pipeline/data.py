@@ -7,6 +7,7 @@ failed run leaves nothing half-written. Errors are DataError with a one-line mes
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
@@ -63,6 +65,7 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
 
     A `dest` that already has the right MD5 is kept as it is. A download goes to a temporary file
     beside `dest` and is renamed only after its MD5 matched, so `dest` is never a bad or partial file.
+    `timeout` bounds every wait for the server (connecting, and each read).
     """
     md5 = md5.lower()
     if dest.is_file():
@@ -70,15 +73,38 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
             return dest
         dest.unlink()  # stale: another archive than the one params ask for
     with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as out:
+        with writing(dest), open(tmp, "wb") as out:
             _copy_from(url, out, timeout)
         actual = calculate_md5(tmp)
         if actual != md5:
             raise DataError(
-                f"MD5 mismatch for {url}: expected {md5}, got {actual} (the copy is truncated, "
-                "corrupt or another file; it was removed): fix data.url or data.md5 and rerun"
+                f"MD5 mismatch for {url}: expected {md5}, got {actual} ({_what_came(tmp)}; it was "
+                "removed): fix data.url or data.md5 and rerun"
             )
     return dest
+
+
+def _what_came(path: Path) -> str:
+    """A guess at what a file with the wrong MD5 is, for the message."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if not head:
+        return "the copy is an empty file"
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return "the server sent an HTML or XML page, e.g. an error or login page, not the archive"
+    return "the copy is truncated, corrupt or another file"
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, file too large, no permission) into a one-line DataError."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(
+            f"cannot write {path}: {e.strerror or e}; free disk space or fix the permissions of "
+            f"{path.parent}, then rerun (nothing partial was kept)"
+        ) from e
 
 
 def _copy_from(url: str, out: io.BufferedWriter, timeout: float) -> None:
@@ -95,6 +121,10 @@ def _copy_from(url: str, out: io.BufferedWriter, timeout: float) -> None:
             _copy_with_progress(response, out, int(response.headers.get("Content-Length") or 0))
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(e, urllib.error.HTTPError):
+            reason = f"HTTP {e.code} {e.reason}"
+        elif isinstance(reason, TimeoutError):
+            reason = f"no answer within {timeout:g} s (data.timeout_s)"
         raise DataError(
             f"cannot download {url}: {reason}; without network, get cifar-10-python.tar.gz "
             "elsewhere and set data.url to its local path or file:// URL"
@@ -148,7 +178,7 @@ def read_archive(path: Path) -> Cifar10:
                 if member is None:
                     raise DataError(
                         f"{path} has no {ARCHIVE_DIR}/{name}: not a complete CIFAR-10 python "
-                        "archive; point data.url at the official cifar-10-python.tar.gz"
+                        "archive; point data.url and data.md5 at the official one"
                     )
                 return _unpickle(tar.extractfile(member).read(), f"{path}:{name}")
 
@@ -157,7 +187,8 @@ def read_archive(path: Path) -> Cifar10:
             names = batch("batches.meta").get(b"label_names", [])
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(
-            f"{path} is corrupt or truncated ({e}); delete it and rerun to fetch it again"
+            f"{path} is corrupt or truncated ({e}): not a CIFAR-10 python archive; point data.url "
+            "and data.md5 at the official cifar-10-python.tar.gz"
         ) from e
     classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     if len(classes) != NUM_CLASSES:
@@ -212,7 +243,7 @@ def save(dataset: Cifar10, path: Path) -> None:
         "test_images": dataset.test.images.contiguous(),
         "test_labels": dataset.test.labels.contiguous(),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         safetensors.torch.save_file(tensors, tmp, metadata={"classes": json.dumps(dataset.classes)})
 
 

@@ -27,6 +27,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_parts(path: Path) -> None:
+    """Remove what atomic_path left beside `path` when its process was killed (SIGKILL, power
+    cut). Only for paths that one process at a time writes."""
+    for part in path.parent.glob(f".{path.name}.*.part"):
+        part.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj: Any, compact: bool = False) -> None:
     """Indented for people to read (metrics); `compact` for long records (plot data)."""
     with atomic_path(path) as tmp:

@@ -38,6 +38,7 @@ class DataParams:
     train_size: int | None = None  # the first N training images; None = all 50,000
     test_size: int | None = None  # the first N test images; None = all 10,000
     val_size: int = 0  # images held out of the training set per seed; 0 = the tutorial's protocol
+    timeout_s: float = 60.0  # the longest wait for the download server (connecting, each read)
 
     def _check(self, where: str) -> None:
         md5 = self.md5.lower()
@@ -47,6 +48,8 @@ class DataParams:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ParamsError(f"{where}.{key} = {value}: must be >= 1, or null for all")
+        if self.timeout_s <= 0:
+            raise ParamsError(f"{where}.timeout_s = {self.timeout_s}: must be > 0 (seconds)")
         if self.val_size < 0:
             raise ParamsError(f"{where}.val_size = {self.val_size}: must be >= 0 (0 = no split)")
         if self.train_size is not None and self.val_size >= self.train_size:

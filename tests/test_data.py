@@ -1,7 +1,13 @@
 import gzip
+import http.server
 import pickle
+import re
+import resource
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +16,7 @@ import torch
 import yaml
 from cifar_archive import make_archive, make_batch, md5_of
 from conftest import ROOT
+from mlflow.tracking import MlflowClient
 from torchvision import transforms
 
 from pipeline import data
@@ -158,11 +165,18 @@ def test_batch_indices_cover_every_image_once_in_a_seeded_order():
 # --- the `download` stage entry point, as DVC runs it ---------------------------------------------
 
 
-def run_download_stage(workdir: Path, url: str, md5: str) -> subprocess.CompletedProcess:
-    """Run the stage as DVC does, in `workdir`, with the project's params but this archive."""
+def run_download_stage(
+    workdir: Path, url: str, md5: str, file_size_limit: int | None = None, **data_params
+) -> subprocess.CompletedProcess:
+    """Run the stage as DVC does, in `workdir`, with the project's params but this archive;
+    `file_size_limit` caps the size of any file it writes (RLIMIT_FSIZE), as a full disk would."""
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    doc["data"].update(url=url, md5=md5)
+    doc["data"].update(url=url, md5=md5, **data_params)
     (workdir / "params.yaml").write_text(yaml.safe_dump(doc))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     return subprocess.run(
         [sys.executable, "-m", "pipeline.stages.download"],
         cwd=workdir,
@@ -176,6 +190,7 @@ def run_download_stage(workdir: Path, url: str, md5: str) -> subprocess.Complete
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=limit if file_size_limit else None,
     )
 
 
@@ -187,20 +202,98 @@ def test_download_stage_converts_the_archive(tiny_archive, tmp_path):
     assert len(ds.train.labels) == 200 and len(ds.test.labels) == 40
 
 
-@pytest.mark.parametrize("fault", ["wrong md5", "truncated", "empty file"])
-def test_download_stage_fails_in_one_line_and_writes_nothing(tiny_archive, tmp_path, fault):
-    src, md5 = tiny_archive
+class _Server(http.server.BaseHTTPRequestHandler):
+    """/page.html: what a captive portal or a moved site sends; anything else: 404."""
+
+    def do_GET(self):
+        if self.path == "/page.html":
+            body = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+            self.send_response(200)
+        else:
+            body = b"<html><body>Not Found</body></html>"
+            self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def web() -> str:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def silent() -> str:
+    """A server that accepts connections (into its backlog) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/cifar-10-python.tar.gz"
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("wrong md5", "MD5 mismatch for .*: expected f{32}, got "),
+        ("truncated", "MD5 mismatch .*the copy is truncated, corrupt or another file"),
+        ("empty file", "MD5 mismatch .*the copy is an empty file"),
+        ("html page", "MD5 mismatch .*the server sent an HTML or XML page"),
+        ("http 404", r"cannot download http://.*: HTTP 404 Not Found; without network"),
+        ("no answer", r"cannot download http://.*: no answer within 1 s \(data\.timeout_s\)"),
+        ("missing batch", "has no cifar-10-batches-py/data_batch_3: not a complete CIFAR-10"),
+        ("malformed batch", "test_batch is malformed"),
+        ("failed write", r"cannot write data/download/cifar-10-python\.tar\.gz: File too large"),
+    ],
+)
+def test_a_download_fault_ends_in_one_line_and_the_next_run_starts_clean(
+    tiny_archive, tmp_path, web, silent, fault, message
+):
+    good, good_md5 = tiny_archive
+    bad = tmp_path / "bad" / "cifar-10-python.tar.gz"
+    bad.parent.mkdir()
+    url, md5, extra = str(bad), good_md5, {}
     if fault == "wrong md5":
-        md5 = "f" * 32
+        url, md5 = str(good), "f" * 32
     elif fault == "truncated":
-        src.write_bytes(src.read_bytes()[:1000])
-    else:
-        src.write_bytes(b"")
-    done = run_download_stage(tmp_path, str(src), md5)
+        bad.write_bytes(good.read_bytes()[:1000])
+    elif fault == "empty file":
+        bad.write_bytes(b"")
+    elif fault == "html page":
+        url = f"{web}/page.html"
+    elif fault == "http 404":
+        url = f"{web}/cifar-10-python.tar.gz"
+    elif fault == "no answer":
+        url, extra = silent, {"timeout_s": 1}
+    elif fault == "missing batch":  # an incomplete archive someone vouched for with its own MD5
+        md5 = make_archive(bad, members={"data_batch_3": None})
+    elif fault == "malformed batch":
+        md5 = make_archive(bad, members={"test_batch": b"not a pickle"})
+    elif fault == "failed write":  # 3 MB archive, files capped at 2 MB (the MLflow store fits)
+        md5 = make_archive(bad, per_batch=160)
+        extra = {"file_size_limit": 2 * 1024 * 1024}
+    work = tmp_path / "work"
+    work.mkdir()
+    started = time.monotonic()
+    done = run_download_stage(work, url, md5, **extra)
+    assert time.monotonic() - started < 60  # bounded: never a hang
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: MD5 mismatch"), done.stderr
-    assert leftovers(tmp_path / "data") == []
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert leftovers(work / "data") == []  # nothing half-written, not even a verified archive
+    runs = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").search_runs(["1"])
+    assert [r.info.status for r in runs if r.info.run_name == "download"] == ["FAILED"]
+
+    again = run_download_stage(work, good.as_uri(), good_md5)
+    assert again.returncode == 0, again.stderr
+    assert leftovers(work / "data") == ["cifar-10-python.tar.gz", "cifar10.safetensors"]
 
 
 def test_gzip_with_a_broken_tar_inside_is_reported_corrupt(tmp_path):

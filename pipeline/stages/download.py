@@ -1,15 +1,15 @@
 """Stage `download`: fetch and verify the CIFAR-10 archive, convert it once to a tensor file.
 
-Reads params `data.url` and `data.md5`. Only the MD5 is declared to DVC: it pins the content, while
-the URL is merely where to get it (declaring it would rerun the stage when a mirror moves and would
-write one machine's mirror path into dvc.lock).
+Reads params `data.url`, `data.md5` and `data.timeout_s`. Only the MD5 is declared to DVC: it pins
+the content, while the URL and the timeout are merely how to get it (declaring the URL would rerun
+the stage when a mirror moves and would write one machine's mirror path into dvc.lock).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import data, params, tracking
+from pipeline import data, files, params, tracking
 from pipeline.stages import _outputs
 from pipeline.stages._cli import run
 
@@ -21,8 +21,14 @@ def main() -> None:
     with tracking.stage_run(
         "download", p.mlflow.experiment, {"data": vars(p.data)}, p.data.md5
     ) as r:
-        archive = data.fetch(p.data.url, ARCHIVE, p.data.md5)
-        dataset = data.read_archive(archive)
+        for path in (ARCHIVE, _outputs.DATA):  # DVC runs one stage at a time in a workspace
+            files.remove_stale_parts(path)
+        archive = data.fetch(p.data.url, ARCHIVE, p.data.md5, p.data.timeout_s)
+        try:
+            dataset = data.read_archive(archive)
+        except data.DataError:
+            archive.unlink()  # its MD5 matched, but it is unusable: the next run fetches again
+            raise
         sizes = {"train": len(dataset.train.labels), "test": len(dataset.test.labels)}
         r.log_dataset(p.data.url, p.data.md5, sizes)
         r.log_metrics({f"{split}_images": n for split, n in sizes.items()})
