@@ -73,7 +73,7 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
             return dest
         dest.unlink()  # stale: another archive than the one params ask for
     with atomic_path(dest) as tmp:
-        with writing(dest), open(tmp, "wb") as out:
+        with _writing(dest), open(tmp, "wb") as out:
             _copy_from(url, out, timeout)
         actual = calculate_md5(tmp)
         if actual != md5:
@@ -96,7 +96,7 @@ def _what_came(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
+def _writing(path: Path) -> Iterator[None]:
     """Turn a failed write (disk full, file too large, no permission) into a one-line DataError."""
     try:
         yield
@@ -243,7 +243,7 @@ def save(dataset: Cifar10, path: Path) -> None:
         "test_images": dataset.test.images.contiguous(),
         "test_labels": dataset.test.labels.contiguous(),
     }
-    with atomic_path(path) as tmp, writing(path):
+    with atomic_path(path) as tmp, _writing(path):
         safetensors.torch.save_file(tensors, tmp, metadata={"classes": json.dumps(dataset.classes)})
 
 

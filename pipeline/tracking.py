@@ -108,9 +108,8 @@ def _client(uri: str) -> MlflowClient:
     with open(f"{db}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
         client = MlflowClient()
-        client.search_experiments(
-            max_results=1
-        )  # builds the store (cached per URI) inside the lock
+        # The first request builds the store (cached per URI, so only once) inside the lock.
+        client.search_experiments(max_results=1)
     return client
 
 

@@ -49,6 +49,12 @@ def unbroken(project) -> dict[str, dict[str, str]]:
     return {stage: digests(project, stage) for stage in OUTPUTS}
 
 
+def as_a_terminal_job() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def runs_of(project: Project, stage: str) -> list:
     return sorted(project.runs(**{"dvc.stage": stage}), key=lambda r: r.info.start_time)
 
@@ -65,10 +71,11 @@ def runs_of(project: Project, stage: str) -> list:
 def test_a_stage_stopped_mid_training_resumes_to_the_same_result(project, unbroken, stage, signum):
     before = {r.info.run_id for r in runs_of(project, stage)}
     checkpoints = project.path / "checkpoints"
-    # Its own session, as a terminal's job: the signal goes to DVC and the stage together.
+    # Started as a terminal starts a job: its own process group (the signal goes to DVC and the
+    # stage together), default signal handling (whatever the test process inherited or set).
     proc = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=project.path,
                             env=project.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+                            text=True, start_new_session=True, preexec_fn=as_a_terminal_job)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while not list(checkpoints.glob("*.pt")) and time.monotonic() < deadline:

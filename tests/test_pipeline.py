@@ -351,6 +351,26 @@ def test_a_failing_stage_leaves_its_run_failed(project, first_repro):
     assert project.repro() == []  # the workspace is as DVC left it
 
 
+def test_a_diverging_training_fails_its_run_and_writes_no_model(project, first_repro):
+    model = project.path / weights_of("ce")
+    before = model.read_bytes()
+    project.set_params(train__lr=1e12)  # Adam's steps are about lr: the logits overflow at once
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "ce", "42"], cwd=project.path,
+                              env=project.env, capture_output=True, text=True)  # fmt: skip
+    finally:
+        project.run("git", "checkout", "params.yaml")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert re.match(r"error: distill@ce-42: the training loss became NaN or infinite at epoch 1, "
+                    r"batch \d+ of 7; lower train\.lr", lines[0]), lines[0]  # fmt: skip
+    assert model.read_bytes() == before  # the diverged weights were written nowhere
+    assert not [p for p in model.parent.iterdir() if p.name.endswith(".part")]
+    latest = max(project.runs(**{"dvc.stage": "distill@ce-42"}), key=lambda r: r.info.start_time)
+    assert latest.info.status == "FAILED"
+    assert project.repro() == []  # the workspace is as DVC left it
+
+
 def test_an_augmenting_variant_is_one_params_entry_and_runs_its_teacher_live(project, first_repro):
     doc = yaml.safe_load((project.path / "params.yaml").read_text())
     doc["variants"]["kd_aug"] = {**doc["variants"]["kd"], "augment": True}
