@@ -202,6 +202,18 @@ def test_download_stage_converts_the_archive(tiny_archive, tmp_path):
     assert len(ds.train.labels) == 200 and len(ds.test.labels) == 40
 
 
+def test_what_a_killed_download_left_is_removed_by_the_next_run(tiny_archive, tmp_path):
+    """SIGKILL leaves atomic writes' temporary files (nothing can clean up at that instant)."""
+    src, md5 = tiny_archive
+    for stale in ("data/download/.cifar-10-python.tar.gz.k1ll3d.part",
+                  "data/.cifar10.safetensors.k1ll3d.part"):  # fmt: skip
+        (tmp_path / stale).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / stale).write_bytes(b"half an archive")
+    done = run_download_stage(tmp_path, str(src), md5)
+    assert done.returncode == 0, done.stderr
+    assert leftovers(tmp_path / "data") == ["cifar-10-python.tar.gz", "cifar10.safetensors"]
+
+
 class _Server(http.server.BaseHTTPRequestHandler):
     """/page.html: what a captive portal or a moved site sends; anything else: 404."""
 
