@@ -82,7 +82,7 @@ def train_and_record(
     run_params: dict[str, Any],
     targets: Targets | None = None,
     teacher_source: str | None = None,
-    teacher_file: Path | None = None,
+    teacher_weights: Path | None = None,
     head: nn.Module | None = None,
     augment: bool = False,
 ) -> None:
@@ -91,8 +91,9 @@ def train_and_record(
 
     After every epoch the training is checkpointed (see pipeline/checkpoint.py); a rerun after an
     interruption resumes after the last complete epoch, copies the earlier epochs' metrics into its
-    run and records which run it resumed from. `teacher_file` is what the teacher's targets come
-    from (its cached outputs or its weights), part of what a checkpoint must match.
+    run and records which run it resumed from. `teacher_weights`, the file of the teacher whose
+    targets a student learns from, is part of what a checkpoint must match (its cached outputs
+    follow from it, the params and the code, which the checkpoint's key covers too).
 
     Without a validation split (the tutorial's protocol) the model is the last epoch's and the test
     accuracy is monitored every epoch. With one, only validation accuracy is monitored, the model is
@@ -105,7 +106,7 @@ def train_and_record(
                        p.train.precision, augment)  # fmt: skip
     monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
     data_md5 = files.md5(_outputs.DATA.read_bytes())
-    saved_to = _checkpoint(stage, role, run_params, data_md5, teacher_file)
+    saved_to = _checkpoint(stage, role, run_params, data_md5, teacher_weights)
     resumed = saved_to.load()
     history: list[dict[str, float]] = resumed["history"] if resumed else []
     best: dict[str, Any] = resumed["best"] if resumed else {}
@@ -159,7 +160,7 @@ def train_and_record(
 
 
 def _checkpoint(
-    stage: str, role: str, run_params: dict[str, Any], data_md5: str, teacher_file: Path | None
+    stage: str, role: str, run_params: dict[str, Any], data_md5: str, teacher_weights: Path | None
 ) -> checkpoint.Checkpoint:
     """The checkpoint of this training: keyed by its params, its input files and the code.
 
@@ -169,7 +170,7 @@ def _checkpoint(
         stage,
         json.dumps(run_params, sort_keys=True, default=str),
         data_md5,
-        files.md5(teacher_file.read_bytes()) if teacher_file else "",
+        files.md5(teacher_weights.read_bytes()) if teacher_weights else "",
         provenance.content_digest(("pipeline",)),
     )
     return checkpoint.Checkpoint(provenance.project_root() / "checkpoints", role, digest)

@@ -10,7 +10,6 @@ the same initial weights and sees the same batches in the same order, so variant
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import safetensors.torch
 
@@ -35,9 +34,10 @@ def main() -> None:
     method = losses.get(variant.method)
     stage = f"distill@{_outputs.student_role(variant.name, seed)}"
     ds = load_dataset(p, seed)
-    targets, source, teacher_file = None, None, None
+    targets, source, teacher_weights = None, None, None
     if method.needs_teacher:
-        targets, source, teacher_file = teacher_targets(p, variant, seed, ds, stage)
+        targets, source = teacher_targets(p, variant, seed, ds, stage)
+        teacher_weights = _outputs.model(_outputs.teacher_role(p.teacher_seed(seed)))
     train_and_record(
         stage=stage,
         role=_outputs.student_role(variant.name, seed),
@@ -61,7 +61,7 @@ def main() -> None:
         },
         targets=targets,
         teacher_source=source,
-        teacher_file=teacher_file,
+        teacher_weights=teacher_weights,
         head=method.make_head() if method.make_head else None,
         augment=variant.augment,
     )
@@ -69,21 +69,19 @@ def main() -> None:
 
 def teacher_targets(
     p: params.Params, variant: params.Variant, seed: int, ds: Dataset, stage: str
-) -> tuple[Targets, str, Path]:
+) -> tuple[Targets, str]:
     """The cached outputs of this seed's teacher; the live teacher when augmentation changes the
-    images. With how they are obtained ("cached" or "live") and the file they come from."""
+    images."""
     device = resolve_device(p.train.device)
     teacher_seed = p.teacher_seed(seed)
     if variant.augment:
         print(f"{stage}: augmentation is on, so the teacher runs live on every batch (not cached)")
         weights = _outputs.model(_outputs.teacher_role(teacher_seed))
         teacher = models.load_weights(TEACHER_ARCH, weights).to(device)
-        return live_teacher(teacher, p.train.precision), "live", weights
-    path = _outputs.teacher_outputs(teacher_seed)
-    cache = safetensors.torch.load_file(path, device=str(device))
+        return live_teacher(teacher, p.train.precision), "live"
+    cache = safetensors.torch.load_file(_outputs.teacher_outputs(teacher_seed), device=str(device))
     rows = ds.train_indices.to(device)  # this seed's training split, in the order fit() indexes it
-    outputs = models.Outputs(cache["logits"][rows], cache["features"][rows])
-    return cached_teacher(outputs), "cached", path
+    return cached_teacher(models.Outputs(cache["logits"][rows], cache["features"][rows])), "cached"
 
 
 if __name__ == "__main__":
