@@ -10,7 +10,6 @@ recovery, not a result.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,6 @@ from typing import Any
 import torch
 
 from pipeline.files import atomic_path
-
-
-def key(*parts: str) -> str:
-    """A digest of what a training depends on; equal only for trainings that give equal results."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:16]
 
 
 class Checkpoint:

@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_PART = ".part"  # what atomic_path's temporary files end with: .<name>.<random>.part
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed to `path`, else removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_PART)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -30,7 +32,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def remove_stale_parts(path: Path) -> None:
     """Remove what atomic_path left beside `path` when its process was killed (SIGKILL, power
     cut). Only for paths that one process at a time writes."""
-    for part in path.parent.glob(f".{path.name}.*.part"):
+    for part in path.parent.glob(f".{path.name}.*{_PART}"):
         part.unlink(missing_ok=True)
 
 

@@ -55,9 +55,14 @@ def invocation_key(inputs: tuple[str, ...] = INPUTS) -> str:
     produce different results: a hash of the commit, the experiment's name and the content of the
     pipeline's inputs (params, stage definitions, code). Outputs are left out on purpose: DVC
     rewrites them (and dvc.lock) between the stages of one invocation."""
+    return digest(git_commit(), dvc_experiment() or "", content_digest(inputs))
+
+
+def digest(*parts: str) -> str:
+    """A short SHA-256 of `parts`, for keys that must differ whenever one of them does."""
     h = hashlib.sha256()
-    for piece in (git_commit(), dvc_experiment() or "", content_digest(inputs)):
-        h.update(piece.encode() + b"\0")
+    for part in parts:
+        h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
 

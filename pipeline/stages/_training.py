@@ -166,14 +166,14 @@ def _checkpoint(
 
     Kept in checkpoints/ of the original checkout, also when DVC runs the stage in a temporary
     experiment copy (deleted afterwards), so a stopped queued experiment resumes when rerun."""
-    digest = checkpoint.key(
+    key = provenance.digest(
         stage,
         json.dumps(run_params, sort_keys=True, default=str),
         data_md5,
         files.md5(teacher_weights.read_bytes()) if teacher_weights else "",
         provenance.content_digest(("pipeline",)),
     )
-    return checkpoint.Checkpoint(provenance.project_root() / "checkpoints", role, digest)
+    return checkpoint.Checkpoint(provenance.project_root() / "checkpoints", role, key)
 
 
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
