@@ -40,20 +40,26 @@ class Project:
         return re.findall(r"Running stage '([^']+)'", self.run("dvc", "repro"))
 
     def set_params(self, **changes) -> None:
+        """`section__key=value`, as keyword arguments cannot hold dots."""
         path = self.path / "params.yaml"
-        doc = yaml.safe_load(path.read_text())
-        for dotted, value in changes.items():
-            *parents, last = dotted.split("__")
-            node = doc
-            for key in parents:
-                node = node[key]
-            node[last] = value
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        write_params(path, {k.replace("__", "."): v for k, v in changes.items()}, source=path)
 
     def runs(self, **filters):
         exp = self.client.get_experiment_by_name("cifar10-distillation")
         runs = self.client.search_runs([exp.experiment_id], max_results=1000)
         return [r for r in runs if all(r.data.tags.get(k) == v for k, v in filters.items())]
+
+
+def write_params(path: Path, changes: dict, source: Path = ROOT / "params.yaml") -> None:
+    """`source` (this checkout's params.yaml) with `changes` (dotted key path -> value), to `path`."""
+    doc = yaml.safe_load(source.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = doc
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def copy_project(path: Path, archive: Path, **params) -> Project:

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from cifar_archive import make_archive
 from conftest import ROOT
+from project import write_params
 
 from pipeline import data
 from pipeline.params import (
@@ -216,14 +217,7 @@ def converted(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(("command", "changes", "message"), STAGE_FAULTS)
 def test_a_bad_param_stops_the_stage_before_any_run(tmp_path, converted, command, changes, message):
-    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        node = doc
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_params(tmp_path / "params.yaml", changes)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "cifar10.safetensors").symlink_to(converted)
     stage, *args = command.split()
