@@ -7,7 +7,6 @@ failed run leaves nothing half-written. Errors are DataError with a one-line mes
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import pickle
@@ -17,7 +16,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
@@ -31,7 +29,8 @@ from torch import nn
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline import progress
-from pipeline.files import atomic_path
+from pipeline.errors import UserError
+from pipeline.files import atomic_path, writing
 
 ARCHIVE_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -40,7 +39,7 @@ IMAGES_PER_BATCH = 10_000
 NUM_CLASSES = 10
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A data problem the user can fix; the message says what happened and what to do."""
 
 
@@ -73,7 +72,7 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
             return dest
         dest.unlink()  # stale: another archive than the one params ask for
     with atomic_path(dest) as tmp:
-        with _writing(dest), open(tmp, "wb") as out:
+        with writing(dest), open(tmp, "wb") as out:
             _copy_from(url, out, timeout)
         actual = calculate_md5(tmp)
         if actual != md5:
@@ -93,18 +92,6 @@ def _what_came(path: Path) -> str:
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         return "the server sent an HTML or XML page, e.g. an error or login page, not the archive"
     return "the copy is truncated, corrupt or another file"
-
-
-@contextlib.contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    """Turn a failed write (disk full, file too large, no permission) into a one-line DataError."""
-    try:
-        yield
-    except OSError as e:
-        raise DataError(
-            f"cannot write {path}: {e.strerror or e}; free disk space or fix the permissions of "
-            f"{path.parent}, then rerun (nothing partial was kept)"
-        ) from e
 
 
 def _copy_from(url: str, out: io.BufferedWriter, timeout: float) -> None:
@@ -243,20 +230,31 @@ def save(dataset: Cifar10, path: Path) -> None:
         "test_images": dataset.test.images.contiguous(),
         "test_labels": dataset.test.labels.contiguous(),
     }
-    with atomic_path(path) as tmp, _writing(path):
-        safetensors.torch.save_file(tensors, tmp, metadata={"classes": json.dumps(dataset.classes)})
+    blob = safetensors.torch.save(tensors, metadata={"classes": json.dumps(dataset.classes)})
+    with atomic_path(path) as tmp, writing(path):
+        tmp.write_bytes(blob)  # from Python, not the Rust writer, so a full disk is an OSError
 
 
 def load(path: Path) -> Cifar10:
-    """Load the file written by `save` (memory-mapped until the tensors are touched)."""
+    """Load the file written by `save`; DataError when it does not hold what `save` writes."""
     with safetensors.safe_open(path, framework="pt") as f:
-        classes = tuple(json.loads(f.metadata()["classes"]))
+        classes = json.loads((f.metadata() or {}).get("classes", "null"))
     t = safetensors.torch.load_file(path)
-    return Cifar10(
-        train=Split(t["train_images"], t["train_labels"]),
-        test=Split(t["test_images"], t["test_labels"]),
-        classes=classes,
-    )
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DataError("its metadata has no list of class names")
+    splits = [_loaded_split(t, name, len(classes)) for name in ("train", "test")]
+    return Cifar10(train=splits[0], test=splits[1], classes=tuple(classes))
+
+
+def _loaded_split(tensors: dict[str, torch.Tensor], name: str, num_classes: int) -> Split:
+    images, labels = tensors.get(f"{name}_images"), tensors.get(f"{name}_labels")
+    if images is None or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise DataError(f"{name}_images is missing or not N x 3 x H x W uint8")
+    if labels is None or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+        raise DataError(f"{name}_labels is missing or not one int64 label per image")
+    if labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < num_classes):
+        raise DataError(f"{name}_labels has labels outside 0..{num_classes - 1}")
+    return Split(images, labels)
 
 
 # --- on the training device --------------------------------------------------------------------
