@@ -10,6 +10,7 @@ is declared in its registry entry.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -131,6 +132,8 @@ def bind(name: str, params: Mapping[str, Any], where: str | None = None) -> Call
     for key, value in params.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}.{key} = {value!r}: expected a number")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}.{key} = {value!r}: expected a finite number")
         if key == "temperature" and value <= 0:
             raise ValueError(f"{where}.{key} = {value}: must be > 0")
         if key.endswith("_weight") and value < 0:

@@ -8,6 +8,7 @@ next to the fields they guard (`_check` methods), so the rules are visible where
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -17,18 +18,26 @@ from typing import Any
 import yaml
 
 from pipeline import losses
-from pipeline.train import PRECISIONS
+from pipeline.errors import UserError
+from pipeline.train import PRECISIONS, check_device
 
 PARAMS_FILE = Path("params.yaml")
+# Counts (sizes, epochs, batches, iterations) above this are typos, and overflow torch's indices.
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**32 - 1  # numpy's limit too; torch would take up to 2**64 - 1
+MAX_NAME = 100  # a variant's name: it becomes file names (at most 255 bytes) and metric keys
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A params.yaml value that cannot be used; the message is one line meant for the user."""
 
 
 @dataclasses.dataclass(frozen=True)
 class MlflowParams:
     experiment: str  # where runs are recorded; not a DVC param (it changes no result)
+
+    def _check(self, where: str) -> None:
+        _check_name(self.experiment, f"{where}.experiment", 500)  # MLflow's limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +57,7 @@ class DataParams:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ParamsError(f"{where}.{key} = {value}: must be >= 1, or null for all")
-        if self.timeout_s <= 0:
+        if not 0 < self.timeout_s < math.inf:
             raise ParamsError(f"{where}.timeout_s = {self.timeout_s}: must be > 0 (seconds)")
         if self.val_size < 0:
             raise ParamsError(f"{where}.val_size = {self.val_size}: must be >= 0 (0 = no split)")
@@ -83,10 +92,13 @@ class TrainParams:
             raise ParamsError(
                 f"{where}.precision = {self.precision!r}: expected one of {', '.join(PRECISIONS)}"
             )
-        if self.batch_size < 1:
-            raise ParamsError(f"{where}.batch_size = {self.batch_size}: must be >= 1")
+        _check_count(self.batch_size, f"{where}.batch_size")
         if self.lr <= 0:
             raise ParamsError(f"{where}.lr = {self.lr}: must be > 0")
+        try:
+            check_device(self.device)
+        except ValueError as e:
+            raise ParamsError(f"{where}.device = {self.device!r}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +108,7 @@ class RoleParams:
     epochs: int
 
     def _check(self, where: str) -> None:
-        if self.epochs < 1:
-            raise ParamsError(f"{where}.epochs = {self.epochs}: must be >= 1")
+        _check_count(self.epochs, f"{where}.epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +125,22 @@ class TeacherParams(RoleParams):
 def _check_seeds(seeds: tuple[int, ...], where: str) -> None:
     if not seeds:
         raise ParamsError(f"{where} = []: list at least one seed")
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ParamsError(f"{where} = {list(seeds)}: seeds must be distinct integers >= 0")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
+        raise ParamsError(
+            f"{where} = {list(seeds)}: seeds must be distinct integers from 0 to {MAX_SEED}"
+        )
+
+
+def _check_count(value: int, where: str) -> None:
+    if not 1 <= value <= MAX_COUNT:
+        raise ParamsError(f"{where} = {value}: must be from 1 to {MAX_COUNT}")
+
+
+def _check_name(value: str, where: str, limit: int) -> None:
+    """A name MLflow accepts: not blank, one line, at most `limit` characters."""
+    if not value.strip() or not value.isprintable() or len(value) > limit:
+        raise ParamsError(f"{where} = {value!r}: expected a name of 1 to {limit} printable "
+                          "characters")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +151,10 @@ class EvaluateParams:
     throughput_iters: int = 10  # timed batch-256 calls (after warm-up)
 
     def _check(self, where: str) -> None:
-        if self.latency_iters < 20:
-            raise ParamsError(
-                f"{where}.latency_iters = {self.latency_iters}: must be >= 20 (for a p95)"
-            )
-        if self.throughput_iters < 1:
-            raise ParamsError(f"{where}.throughput_iters = {self.throughput_iters}: must be >= 1")
+        if not 20 <= self.latency_iters <= MAX_COUNT:
+            raise ParamsError(f"{where}.latency_iters = {self.latency_iters}: must be from 20 "
+                              f"(for a p95) to {MAX_COUNT}")  # fmt: skip
+        _check_count(self.throughput_iters, f"{where}.throughput_iters")
 
 
 # Whether more is better, for each metric a champion can be chosen by.
@@ -159,6 +182,11 @@ class RegistryParams:
             raise ParamsError(
                 f"{where}.select_by = {self.select_by!r}: expected one of {', '.join(SELECTABLE)}"
             )
+        for key in ("teacher", "student"):
+            name = getattr(self, key)
+            _check_name(name, f"{where}.{key}", 250)
+            if "/" in name or ":" in name:  # MLflow's rule: they would break models:/ URIs
+                raise ParamsError(f"{where}.{key} = {name!r}: may not contain '/' or ':'")
         if self.teacher == self.student:
             raise ParamsError(f"{where}.teacher and .student = {self.teacher!r}: must differ")
 
@@ -216,8 +244,9 @@ SECTIONS = {
 
 def load_all(path: Path = PARAMS_FILE) -> Params:
     """Read and check all of params.yaml, so a mistake anywhere stops a stage before any work."""
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
+    doc = read_yaml(path)
+    if doc is None:
+        doc = {}
     if not isinstance(doc, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
     allowed = [*SECTIONS, "seeds", "variants"]
@@ -233,13 +262,63 @@ def load_all(path: Path = PARAMS_FILE) -> Params:
     return Params(**sections, seeds=seeds, variants=parse_variants(doc["variants"]))
 
 
+def read_yaml(path: Path) -> Any:
+    """The document in `path`; ParamsError (with line and column) when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found in {Path.cwd()}; run the stage from the project "
+                          "root, where params.yaml is") from None  # fmt: skip
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"{path} cannot be read ({e}); restore it with `git checkout "
+                          f"{path}`") from None  # fmt: skip
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ParamsError(f"{path} is not valid YAML{at}: {' '.join(problem.split())}; fix "
+                          "that line") from None  # fmt: skip
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with two differences that matter to someone editing params.yaml:
+    a key given twice in one mapping is an error, not silently the last one, and `1e-3` is a
+    number, as in YAML 1.2 (and in DVC, which writes `-S` values), not the string '1e-3'."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unhashable key: SafeLoader's own error says so
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one mapping; keep one",
+                    key_node.start_mark)  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_variants(raw: Any) -> dict[str, Variant]:
     if not isinstance(raw, dict) or not raw:
         raise ParamsError(f"variants = {raw!r}: expected a mapping of name -> {{method, ...}}")
     variants = {}
     for name, spec in raw.items():
-        if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
-            raise ParamsError(f"variants.{name}: names may use letters, digits, '_' and '-' only")
+        if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name) or len(name) > MAX_NAME:
+            raise ParamsError(f"variants.{name}: a name is 1 to {MAX_NAME} letters, digits, '_' "
+                              "and '-' (not first)")  # fmt: skip
+        if name.lower() in (n.lower() for n in variants):
+            raise ParamsError(f"variants.{name}: differs from another variant's name only in case; "
+                              "their files would collide on macOS and Windows")  # fmt: skip
         if name.startswith("teacher"):
             raise ParamsError(
                 f"variants.{name}: names starting 'teacher' are the teachers'; rename it"
@@ -261,11 +340,13 @@ def parse_variants(raw: Any) -> dict[str, Variant]:
     return variants
 
 
-_VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*", re.ASCII)
 
 
 def parse(cls: type, raw: Any, where: str):
     """Build dataclass `cls` from the mapping `raw`; `where` is the key path used in messages."""
+    if raw is None:  # a section whose keys are all commented out: its defaults
+        raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{where} = {raw!r}: expected a mapping with keys {_names(cls)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -310,6 +391,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         )
     # bool is a subclass of int in Python: `epochs: true` must not pass as 1.
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ParamsError(f"{where} = {value!r}: expected a finite number")
         return float(value)
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pipeline import progress
 from pipeline.data import Normalizer, Split, augment, batch_indices
+from pipeline.errors import UserError
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import TOTAL, Terms
 from pipeline.models import Outputs
@@ -49,7 +50,7 @@ class FitConfig:
 PRECISIONS = ("fp32", "bf16")
 
 
-class NumericalError(RuntimeError):
+class NumericalError(UserError):
     """Training diverged: a loss was NaN or infinite. The message is one line meant for the user."""
 
 
@@ -81,10 +82,24 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # from glibc's malloc.h
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else is taken as a torch device string."""
+    """'auto' -> CUDA when present, else CPU; else `name` (checked by check_device)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_device(name: str) -> None:
+    """ValueError unless `name` is auto, cpu, or a CUDA or MPS device that this machine has."""
+    if name in ("auto", "cpu"):
+        return
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "mps") or (index and not index.isdigit()):
+        raise ValueError("expected auto, cpu, cuda, cuda:<index> or mps")
+    available = (
+        torch.cuda.device_count() if kind == "cuda" else int(torch.backends.mps.is_available())
+    )
+    if int(index or 0) >= available:
+        raise ValueError(f"this machine has {available} {kind} device(s); use auto or cpu")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -218,8 +233,8 @@ def fit(
         if (bad_step := first_bad.item()) > 0:
             bar.close()
             raise NumericalError(
-                f"{desc}: the training loss became NaN or infinite at epoch {epoch}, batch "
-                f"{bad_step} of {steps_per_epoch}; lower train.lr or the variant's weights and rerun"
+                f"the training loss became NaN or infinite at epoch {epoch}, batch {bad_step} of "
+                f"{steps_per_epoch}; lower train.lr or the variant's weights and rerun"
             )
         metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
         metrics["train_accuracy"] = correct.item() / len(labels)
