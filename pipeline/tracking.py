@@ -42,6 +42,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from pipeline import provenance
+from pipeline.errors import UserError, one_line
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -59,8 +60,8 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or _embedded_uri()
 
 
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used; the message is one line meant for the user."""
+class TrackingError(UserError):
+    """The tracking store cannot be used; the message is one line meant for the user."""
 
 
 SERVER_TIMEOUT_S = 10
@@ -91,6 +92,37 @@ def check_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
 
 def _embedded_uri() -> str:
     return f"sqlite:///{provenance.project_root() / DB_FILE}"
+
+
+def check_store(uri: str, experiment: str) -> None:
+    """Fail fast, before any work, when runs cannot be recorded in `experiment` of `uri`: a server
+    that does not answer, a scheme MLflow does not know, a database file that cannot be opened or
+    created, an experiment that was deleted."""
+    check_server(uri)
+    # Whatever MLflow or the store's driver (SQLAlchemy, sqlite3, ...) raises here means the same.
+    with _store_errors(uri, Exception):
+        found = _client(uri).get_experiment_by_name(experiment)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {experiment!r} in {uri} is deleted; restore it (`mlflow "
+            f"experiments restore --experiment-id {found.experiment_id}`) or set mlflow.experiment "
+            "to another name"
+        )
+
+
+@contextlib.contextmanager
+def _store_errors(uri: str, kind: type[Exception] = MlflowException) -> Iterator[None]:
+    """Errors of the store (MlflowException, or `kind`) as one TrackingError line naming it."""
+    try:
+        yield
+    except kind as e:
+        what = e.message if isinstance(e, MlflowException) else f"{type(e).__name__}: {e}"
+        db = _sqlite_file(uri)
+        fix = (f"check that {db} is on a writable disk with free space (move a damaged one away "
+               "to start anew)" if db else "check the server, or fix MLFLOW_TRACKING_URI")  # fmt: skip
+        raise TrackingError(
+            f"the MLflow tracking store {uri} failed: {one_line(what, 300)}; {fix}, then rerun"
+        ) from e
 
 
 def _client(uri: str) -> MlflowClient:
@@ -164,29 +196,46 @@ def _invocation_tags(data_md5: str) -> dict[str, str]:
 def stage_run(
     stage: str, experiment: str, params: Mapping[str, Any], data_md5: str
 ) -> Iterator[StageRun]:
-    """One MLflow run for one stage: FINISHED, FAILED if the block raises, KILLED if interrupted."""
+    """One MLflow run for one stage: FINISHED, FAILED if the block raises, KILLED if interrupted.
+
+    A failure of MLflow itself, here or in the block's StageRun calls, is a TrackingError."""
     uri = tracking_uri()
     # Only the embedded store needs an artifact location: a server has its own. (Decided before
     # set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.)
     artifacts = None
     if uri == _embedded_uri():
         artifacts = (provenance.project_root() / ARTIFACTS_DIR).as_uri()
-    client = _client(uri)
-    experiment_id = _experiment_id(client, experiment, artifacts)
-    tags = _invocation_tags(data_md5)
-    parent_id = _invocation_run(client, experiment_id, tags)
-    flat = _flatten(params)
-    tags |= {"dvc.stage": stage, "mlflow.parentRunId": parent_id, "params.hash": params_hash(flat)}
-    tags |= _process_tags()
-    _close_dead_runs(client, experiment_id)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
-        mlflow.log_params(flat)
-        try:
+    with _store_errors(uri):
+        client = _client(uri)
+        experiment_id = _experiment_id(client, experiment, artifacts)
+        tags = _invocation_tags(data_md5)
+        parent_id = _invocation_run(client, experiment_id, tags)
+        flat = _flatten(params)
+        tags |= {"dvc.stage": stage, "mlflow.parentRunId": parent_id,
+                 "params.hash": params_hash(flat)}  # fmt: skip
+        tags |= _process_tags()
+        _close_dead_runs(client, experiment_id)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags)
+    try:
+        with _store_errors(uri):
+            mlflow.log_params(flat)
             yield StageRun(run.info.run_id, parent_id, experiment_id)
-        except KeyboardInterrupt:  # SIGINT, or SIGTERM as stages/_cli.py maps it
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-            raise
-    # any other exception: start_run's context manager ends the run FAILED
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM as stages/_cli.py maps it
+        _end_run(RunStatus.KILLED)
+        raise
+    except BaseException:
+        _end_run(RunStatus.FAILED)
+        raise
+    with _store_errors(uri):
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _end_run(status: int) -> None:
+    """End the active run as `status`, on the way out of a failure: if the store fails now too,
+    the run stays RUNNING until the next stage closes it as its process's (see _close_dead_runs),
+    and the failure that brought us here is the one reported."""
+    with contextlib.suppress(Exception):
+        mlflow.end_run(RunStatus.to_string(status))
 
 
 def _process_tags() -> dict[str, str]:

@@ -27,13 +27,18 @@ class Project:
         }  # fmt: skip
         self.client = MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
 
-    def run(self, *cmd: str, timeout: float = 600, check: bool = True) -> str:
-        done = subprocess.run(
-            cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+    def run(self, *cmd: str, timeout: float = 600, check: bool = True, env=None) -> str:
+        """stdout and stderr of `cmd` (with `env` added to the environment); with `check`, an
+        AssertionError when it fails."""
+        return self.call(*cmd, timeout=timeout, check=check, env=env)[1]
+
+    def call(self, *cmd: str, timeout: float = 600, check: bool = False, env=None):
+        """(exit status, stdout + stderr) of `cmd`."""
+        done = subprocess.run(cmd, cwd=self.path, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-        return done.stdout + done.stderr
+        return done.returncode, done.stdout + done.stderr
 
     def repro(self) -> list[str]:
         """Run `dvc repro`; return the names of the stages that ran."""

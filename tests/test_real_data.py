@@ -63,7 +63,7 @@ def test_download_stage_rejects_a_bad_real_archive(real_archive, tmp_path, fault
     done = run_download_stage(workdir, str(source), md5)
     assert done.returncode == 1
     message = done.stderr.strip()
-    assert message.count("\n") == 0 and message.startswith("error: MD5 mismatch"), message
+    assert message.count("\n") == 0 and message.startswith("error: download: MD5 mismatch"), message
     assert md5 in message
     assert leftovers(workdir / "data") == []
 

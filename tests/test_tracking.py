@@ -44,7 +44,9 @@ def test_a_stage_fails_before_any_work_with_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: MLflow tracking server http://127.0.0.1")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: report: MLflow tracking server http://127.0.0.1"
+    )
 
 
 # One stage's whole use of the store: open a run, log to it, close it.

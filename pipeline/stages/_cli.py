@@ -1,4 +1,10 @@
-"""What every stage entry point shares: the user-facing error contract."""
+"""What every stage entry point shares: checks before any work, and the error contract.
+
+A stage module defines `main(p, args)` and ends with `run(main)`. Before `main` runs, all of
+params.yaml is checked and the tracking store is opened, so a mistake in either costs no work.
+Whatever `main` raises then ends as _guard describes: one line, a non-zero exit status, and (by
+the tracking module and files.OutputSet) no run left RUNNING and no half-written output.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +12,60 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline.data import DataError
-from pipeline.params import ParamsError
-from pipeline.tracking import TrackingError, check_server, tracking_uri
-from pipeline.train import NumericalError, tune_allocator
+from pipeline import params, tracking
+from pipeline.errors import UserError
+from pipeline.stages import _guard
+from pipeline.train import tune_allocator
 
-# Problems the user can fix from the message alone: shown as one line, no traceback.
-USER_ERRORS = (DataError, ParamsError, NumericalError, TrackingError, ValueError)
+Main = Callable[[params.Params, list[str]], None]
 
 
-def seed_argument(argv: list[str], allowed: tuple[int, ...], key: str, stage: str) -> int:
+class UsageError(UserError):
+    """A stage started with arguments that params.yaml does not define."""
+
+
+def seed_argument(args: list[str], allowed: tuple[int, ...], key: str) -> int:
     """The seed a stage was started with (its last argument), which params must list."""
-    if not argv or not argv[-1].isdigit() or int(argv[-1]) not in allowed:
-        given = argv[-1] if argv else "nothing"
-        raise ValueError(f"{stage}: seed {given!r} is not in {key} = {list(allowed)}; "
-                         f"run it through dvc repro, or pass one of those seeds")  # fmt: skip
-    return int(argv[-1])
+    if not args or not args[-1].isdigit() or int(args[-1]) not in allowed:
+        given = args[-1] if args else "nothing"
+        raise UsageError(f"seed {given!r} is not in {key} = {list(allowed)}; run the stage "
+                         "through dvc repro, or pass one of those seeds")  # fmt: skip
+    return int(args[-1])
+
+
+def no_arguments(args: list[str]) -> None:
+    if args:
+        raise UsageError(f"takes no arguments, got {' '.join(args)!r}; run it through dvc repro")
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(main: Callable[[], None]) -> None:
-    """Call `main`; a user error becomes one line on stderr and exit status 1.
+def run(main: Main) -> None:
+    """Check params and the tracking store, call `main`, and exit as _guard says.
 
     SIGTERM (how DVC, CI and schedulers stop a process) is turned into KeyboardInterrupt, so it
     unwinds like Ctrl-C: the MLflow run is closed as KILLED and temporary files are removed.
     """
+    args, verbose = _guard.split_verbose(sys.argv[1:])
+    stage = _guard.stage_name(_module_name(main), args)
     signal.signal(signal.SIGTERM, _interrupt)
     # One line per epoch must reach a CI log when it happens, not when the buffer fills.
     sys.stdout.reconfigure(line_buffering=True)
     tune_allocator()
-    try:
-        check_server(tracking_uri())  # before any work: a dead server must not cost a training
-        main()
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the stage to continue (a training stage resumes after "
-              "its last complete epoch)", file=sys.stderr)  # fmt: skip
-        sys.exit(130)
+    sys.exit(_guard.guarded(stage, lambda: start(main, args), verbose))
+
+
+def start(main: Main, args: list[str]) -> None:
+    """What each stage does first: all of params.yaml, then the tracking store, then its work."""
+    p = params.load_all()
+    tracking.check_store(tracking.tracking_uri(), p.mlflow.experiment)
+    main(p, args)
+
+
+def _module_name(main: Main) -> str:
+    module = main.__module__
+    if module == "__main__":  # started with python -m: the module's real name is in its spec
+        module = sys.modules["__main__"].__spec__.name
+    return module

@@ -44,3 +44,10 @@ def train_history(role: str) -> Path:
 def confusion(role: str) -> Path:
     """One {actual, predicted} row per test image: DVC's confusion-matrix plot format."""
     return Path(f"plots/confusion/{role}.json")
+
+
+def stage_of(role: str) -> str:
+    """The DVC stage that trains `role`: train_teacher@<seed> or distill@<variant>-<seed>."""
+    if role.startswith("teacher-"):
+        return f"train_teacher@{role.removeprefix('teacher-')}"
+    return f"distill@{role}"

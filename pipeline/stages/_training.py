@@ -17,7 +17,7 @@ from pipeline import checkpoint, data, files, models, provenance, tracking
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import Terms
 from pipeline.params import Params
-from pipeline.stages import _outputs
+from pipeline.stages import _inputs, _outputs
 from pipeline.train import FitConfig, LoopState, Targets, fit, resolve_device
 
 # Wall-clock figures go to MLflow only: DVC outputs must be the same on every rerun.
@@ -39,7 +39,7 @@ def load_dataset(p: Params, seed: int, ds: data.Cifar10 | None = None) -> Datase
     """The sets of one seed: data.val_size training images held out, the split fixed by the seed.
 
     `ds` is the loaded data file, for callers that need several seeds' sets (else it is read)."""
-    ds = ds or data.load(_outputs.DATA)
+    ds = ds or _inputs.dataset()
     train = data.subset(ds.train, p.data.train_size, "data.train_size")
     test = data.subset(ds.test, p.data.test_size, "data.test_size")
     if p.data.val_size == 0:
@@ -86,8 +86,8 @@ def train_and_record(
     head: nn.Module | None = None,
     augment: bool = False,
 ) -> None:
-    """Fit `net`, log the run to MLflow, then write the DVC outputs of `role` (last, so a failure
-    leaves none of them).
+    """Fit `net`, log the run to MLflow, then write the DVC outputs of `role` (together and last,
+    so a failure leaves none of them; their folders are checked writable before training).
 
     After every epoch the training is checkpointed (see pipeline/checkpoint.py); a rerun after an
     interruption resumes after the last complete epoch, copies the earlier epochs' metrics into its
@@ -100,6 +100,10 @@ def train_and_record(
     the best epoch's by it, and the test set is evaluated once at the end, for both the last and the
     best epoch (`last_epoch_test_accuracy`, `test_accuracy`).
     """
+    outputs = files.OutputSet(
+        [_outputs.model(role), _outputs.train_metrics(role), _outputs.train_history(role)]
+    )
+    outputs.check()  # a folder that cannot be written must not cost a training
     device = resolve_device(p.train.device)
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
     config = FitConfig(epochs, p.train.batch_size, p.train.lr, seed, device,
@@ -152,10 +156,10 @@ def train_and_record(
         # output to the run (and logged model) that produced it.
         run.tag_weights(files.md5(weights))
         run.log_model(models.Classifier(net, normalize), ds.test.images[:2])
-        with files.atomic_path(_outputs.model(role)) as tmp:
-            tmp.write_bytes(weights)
-        files.write_json(_outputs.train_metrics(role), final)
-        files.write_json(_outputs.train_history(role), history)
+        with outputs.commit() as staged:
+            staged.write_bytes(_outputs.model(role), weights)
+            staged.write_json(_outputs.train_metrics(role), final)
+            staged.write_json(_outputs.train_history(role), history)
     saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
 
 

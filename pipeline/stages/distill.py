@@ -9,13 +9,9 @@ the same initial weights and sees the same batches in the same order, so variant
 
 from __future__ import annotations
 
-import sys
-
-import safetensors.torch
-
 from pipeline import losses, models, params
-from pipeline.stages import _outputs
-from pipeline.stages._cli import run, seed_argument
+from pipeline.stages import _inputs, _outputs
+from pipeline.stages._cli import UsageError, run, seed_argument
 from pipeline.stages._training import Dataset, common_params, load_dataset, train_and_record
 from pipeline.stages.train_teacher import ARCH as TEACHER_ARCH
 from pipeline.train import Targets, cached_teacher, live_teacher, resolve_device
@@ -23,24 +19,22 @@ from pipeline.train import Targets, cached_teacher, live_teacher, resolve_device
 ARCH = "LightNN"
 
 
-def main() -> None:
-    if len(sys.argv) != 3:
-        raise ValueError(
-            "usage: python -m pipeline.stages.distill <variant> <seed> (from params.yaml)"
-        )
-    p = params.load_all()
-    variant = p.variant(sys.argv[1])
-    seed = seed_argument(sys.argv[2:], p.seeds, "seeds", "distill")
+def main(p: params.Params, args: list[str]) -> None:
+    if len(args) != 2:
+        raise UsageError("usage: python -m pipeline.stages.distill <variant> <seed> (from "
+                         "params.yaml)")  # fmt: skip
+    variant = p.variant(args[0])
+    seed = seed_argument(args, p.seeds, "seeds")
     method = losses.get(variant.method)
-    stage = f"distill@{_outputs.student_role(variant.name, seed)}"
+    role = _outputs.student_role(variant.name, seed)
     ds = load_dataset(p, seed)
     targets, source, teacher_weights = None, None, None
     if method.needs_teacher:
-        targets, source = teacher_targets(p, variant, seed, ds, stage)
+        targets, source = teacher_targets(p, variant, seed, ds)
         teacher_weights = _outputs.model(_outputs.teacher_role(p.teacher_seed(seed)))
     train_and_record(
-        stage=stage,
-        role=_outputs.student_role(variant.name, seed),
+        stage=_outputs.stage_of(role),
+        role=role,
         seed=seed,
         p=p,
         ds=ds,
@@ -68,20 +62,24 @@ def main() -> None:
 
 
 def teacher_targets(
-    p: params.Params, variant: params.Variant, seed: int, ds: Dataset, stage: str
+    p: params.Params, variant: params.Variant, seed: int, ds: Dataset
 ) -> tuple[Targets, str]:
     """The cached outputs of this seed's teacher; the live teacher when augmentation changes the
-    images."""
+    images. The teacher's weights are read either way: they are part of the checkpoint's key."""
     device = resolve_device(p.train.device)
     teacher_seed = p.teacher_seed(seed)
+    teacher = _inputs.weights(TEACHER_ARCH, _outputs.teacher_role(teacher_seed)).to(device)
     if variant.augment:
-        print(f"{stage}: augmentation is on, so the teacher runs live on every batch (not cached)")
-        weights = _outputs.model(_outputs.teacher_role(teacher_seed))
-        teacher = models.load_weights(TEACHER_ARCH, weights).to(device)
+        print("augmentation is on, so the teacher runs live on every batch (not cached)")
         return live_teacher(teacher, p.train.precision), "live"
-    cache = safetensors.torch.load_file(_outputs.teacher_outputs(teacher_seed), device=str(device))
-    rows = ds.train_indices.to(device)  # this seed's training split, in the order fit() indexes it
-    return cached_teacher(models.Outputs(cache["logits"][rows], cache["features"][rows])), "cached"
+    cache = _inputs.teacher_outputs(teacher_seed, rows=len(ds.train_indices) + _held_out(ds))
+    rows = ds.train_indices  # this seed's training split, in the order fit() indexes it
+    outputs = models.Outputs(cache.logits[rows].to(device), cache.features[rows].to(device))
+    return cached_teacher(outputs), "cached"
+
+
+def _held_out(ds: Dataset) -> int:
+    return len(ds.val.labels) if ds.val is not None else 0
 
 
 if __name__ == "__main__":

@@ -11,18 +11,17 @@ from pathlib import Path
 
 from pipeline import data, files, params, tracking
 from pipeline.stages import _outputs
-from pipeline.stages._cli import run
+from pipeline.stages._cli import no_arguments, run
 
 ARCHIVE = Path("data/download/cifar-10-python.tar.gz")  # kept between runs, not a DVC output
 
 
-def main() -> None:
-    p = params.load_all()
+def main(p: params.Params, args: list[str]) -> None:
+    no_arguments(args)
+    files.OutputSet([ARCHIVE, _outputs.DATA]).check()  # DVC runs one stage at a time here
     with tracking.stage_run(
         "download", p.mlflow.experiment, {"data": vars(p.data)}, p.data.md5
     ) as r:
-        for path in (ARCHIVE, _outputs.DATA):  # DVC runs one stage at a time in a workspace
-            files.remove_stale_parts(path)
         archive = data.fetch(p.data.url, ARCHIVE, p.data.md5, p.data.timeout_s)
         try:
             dataset = data.read_archive(archive)

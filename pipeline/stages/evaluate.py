@@ -16,13 +16,15 @@ teacher.seeds and the variant names.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from pipeline import data, figures, files, models, params, tracking
 from pipeline.evaluate import accuracy, latency_ms, predict, quality, throughput
-from pipeline.stages import _outputs
-from pipeline.stages._cli import run
-from pipeline.stages._training import load_dataset
+from pipeline.stages import _inputs, _outputs
+from pipeline.stages._cli import no_arguments, run
+from pipeline.stages._training import Dataset, load_dataset
 from pipeline.stages.distill import ARCH as STUDENT_ARCH
 from pipeline.stages.train_teacher import ARCH as TEACHER_ARCH
 from pipeline.train import resolve_device
@@ -30,46 +32,94 @@ from pipeline.train import resolve_device
 LATENCY_WARMUP, THROUGHPUT_WARMUP, THROUGHPUT_BATCH = 20, 2, 256
 
 
-def main() -> None:
-    p = params.load_all()
-    device = resolve_device(p.train.device)
-    normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
+class ModelRef(NamedTuple):
+    role: str
+    where: tuple[str, ...]  # where its metrics go: ("teacher", seed) or ("students", variant, seed)
+    arch: str
+    seed: int
+    teacher_role: str | None  # whose predictions its agreement is measured against
+
+
+def main(p: params.Params, args: list[str]) -> None:
+    no_arguments(args)
+    refs = models_to_evaluate(p)
+    outputs = files.OutputSet(
+        [_outputs.EVALUATION, _outputs.SPEED, *(_outputs.confusion(m.role) for m in refs)]
+    )
+    outputs.check()
+    full = _inputs.dataset()  # read once; each seed only selects its split of it
+    datasets = {seed: load_dataset(p, seed, full) for seed in {*p.seeds, *p.teacher.seeds}}
+    nets = {m.role: _inputs.weights(m.arch, m.role) for m in refs}  # all read before any work
     evaluation: dict = {"teacher": {}, "students": {name: {} for name in p.variants}}
     speed: dict = {"teacher": {}, "students": {name: {} for name in p.variants}}
+    logits: dict[str, torch.Tensor] = {}
     confusions, predictions = {}, {}
-    # (role, where its metrics go, architecture, seed, the role of its teacher or None)
-    models_to_evaluate = [
-        (_outputs.teacher_role(s), ("teacher", str(s)), TEACHER_ARCH, s, None)
+    for m in refs:
+        metrics, timing, logits[m.role], confusions[m.role] = _evaluate(
+            p, m, nets[m.role], datasets[m.seed], logits.get(m.teacher_role)
+        )
+        _place(evaluation, m.where, metrics)
+        _place(speed, m.where, timing)
+        labels, classes = datasets[m.seed].test.labels, datasets[m.seed].classes
+        predictions[m.role] = (labels.tolist(), logits[m.role].argmax(dim=1).tolist(), classes)
+        print(f"evaluate {m.role}: accuracy {metrics['test_accuracy']:.2%}, "
+              f"latency {timing['latency_ms_p50']:.2f} ms, {timing['throughput']:.0f} images/s")  # fmt: skip
+    with tracking.stage_run("evaluate", p.mlflow.experiment, _used(p), p.data.md5) as r:
+        r.set_tags({"evaluate.threads": str(torch.get_num_threads())})
+        r.log_metrics(evaluation)
+        r.log_metrics(speed)
+        for role, matrix in confusions.items():
+            fig = figures.confusion(matrix.tolist(), predictions[role][2], f"{role}: test set")
+            r.log_figure(fig, f"confusion/{role}.png")
+            figures.close(fig)
+        with outputs.commit() as staged:  # last, and together: a failure leaves none of them
+            staged.write_json(_outputs.EVALUATION, evaluation)
+            staged.write_json(_outputs.SPEED, speed)
+            for role, (actual, predicted, classes) in predictions.items():
+                rows = [{"actual": classes[t], "predicted": classes[q]}
+                        for t, q in zip(actual, predicted, strict=True)]  # fmt: skip
+                staged.write_json(_outputs.confusion(role), rows, compact=True)
+
+
+def models_to_evaluate(p: params.Params) -> list[ModelRef]:
+    """Every teacher, then every student; a student's teacher comes before it."""
+    teachers = [
+        ModelRef(_outputs.teacher_role(s), ("teacher", str(s)), TEACHER_ARCH, s, None)
         for s in p.teacher.seeds
-    ] + [
-        (_outputs.student_role(v, s), ("students", v, str(s)), STUDENT_ARCH, s,
-         _outputs.teacher_role(p.teacher_seed(s)))
+    ]
+    students = [
+        ModelRef(_outputs.student_role(v, s), ("students", v, str(s)), STUDENT_ARCH, s,
+                 _outputs.teacher_role(p.teacher_seed(s)))
         for v in p.variants for s in p.seeds
     ]  # fmt: skip
-    logits: dict[str, torch.Tensor] = {}
-    full = data.load(_outputs.DATA)  # read once; each seed only selects its split of it
-    datasets = {seed: load_dataset(p, seed, full) for seed in {*p.seeds, *p.teacher.seeds}}
-    for role, where, arch, seed, teacher_role in models_to_evaluate:
-        ds = datasets[seed]
-        net = models.load_weights(arch, _outputs.model(role)).to(device)
-        norm = normalize.to(device)
-        logits[role] = predict(net, ds.test.images.to(device), norm)
-        labels = ds.test.labels.to(device)
-        teacher_logits = logits[teacher_role] if teacher_role else None
-        metrics, confusions[role] = quality(logits[role], labels, ds.classes, teacher_logits)
-        if ds.val is not None:
-            val_logits = predict(net, ds.val.images.to(device), norm)
-            metrics["val_accuracy"] = accuracy(val_logits, ds.val.labels.to(device))
-        metrics["parameters"] = models.count_parameters(net)  # the deployable net: no training head
-        metrics["weights_bytes"] = _outputs.model(role).stat().st_size
-        timing = _speed(models.Classifier(net.cpu(), normalize.cpu()), ds.test.images, p.evaluate)
-        _place(evaluation, where, metrics)
-        _place(speed, where, timing)
-        predictions[role] = (labels.tolist(), logits[role].argmax(dim=1).tolist(), ds.classes)
-        print(f"evaluate {role}: accuracy {metrics['test_accuracy']:.2%}, "
-              f"latency {timing['latency_ms_p50']:.2f} ms, {timing['throughput']:.0f} images/s")  # fmt: skip
+    return teachers + students
 
-    used = {
+
+def _evaluate(
+    p: params.Params,
+    m: ModelRef,
+    net: torch.nn.Module,
+    ds: Dataset,
+    teacher_logits: torch.Tensor | None,
+) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """Quality metrics, speed, test logits and confusion matrix of one model."""
+    device = resolve_device(p.train.device)
+    normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
+    net, norm = net.to(device), normalize.to(device)
+    logits = predict(net, ds.test.images.to(device), norm)
+    metrics, confusion = quality(logits, ds.test.labels.to(device), ds.classes, teacher_logits)
+    if ds.val is not None:
+        val_logits = predict(net, ds.val.images.to(device), norm)
+        metrics["val_accuracy"] = accuracy(val_logits, ds.val.labels.to(device))
+    metrics["parameters"] = models.count_parameters(net)  # the deployable net: no training head
+    metrics["weights_bytes"] = _outputs.model(m.role).stat().st_size
+    timing = _speed(models.Classifier(net.cpu(), norm.cpu()), ds.test.images, p.evaluate)
+    return metrics, timing, logits, confusion
+
+
+def _used(p: params.Params) -> dict:
+    """The params this stage reads, as its run records them."""
+    return {
         "data": {"md5": p.data.md5, "test_size": p.data.test_size, "val_size": p.data.val_size},
         "normalize": {"mean": p.normalize.mean, "std": p.normalize.std},
         "train": {"device": p.train.device},
@@ -78,21 +128,6 @@ def main() -> None:
         "teacher": {"seeds": list(p.teacher.seeds)},
         "variants": list(p.variants),
     }
-    with tracking.stage_run("evaluate", p.mlflow.experiment, used, p.data.md5) as r:
-        r.set_tags({"evaluate.threads": str(torch.get_num_threads())})
-        r.log_metrics(evaluation)
-        r.log_metrics(speed)
-        for role, matrix in confusions.items():
-            fig = figures.confusion(matrix.tolist(), predictions[role][2], f"{role}: test set")
-            r.log_figure(fig, f"confusion/{role}.png")
-            figures.close(fig)
-    # DVC outputs last: a failure above leaves none of them.
-    files.write_json(_outputs.EVALUATION, evaluation)
-    files.write_json(_outputs.SPEED, speed)
-    for role, (actual, predicted, classes) in predictions.items():
-        rows = [{"actual": classes[t], "predicted": classes[q]}
-                for t, q in zip(actual, predicted, strict=True)]  # fmt: skip
-        files.write_json(_outputs.confusion(role), rows, compact=True)
 
 
 def _speed(deployable: torch.nn.Module, images: torch.Tensor, e: params.EvaluateParams) -> dict:

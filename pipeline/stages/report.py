@@ -11,26 +11,32 @@ MLflow model registry. Reads the variants, seeds, teacher.seeds, data.val_size a
 
 from __future__ import annotations
 
-import json
+import io
 import statistics
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from pipeline import figures, files, params, report, tracking
-from pipeline.stages import _outputs
-from pipeline.stages._cli import run
+from pipeline.stages import _inputs, _outputs
+from pipeline.stages._cli import no_arguments, run
 
 CHAMPION = "champion"
 
 
-def main() -> None:
-    p = params.load_all()
-    evaluation = json.loads(_outputs.EVALUATION.read_text())
-    speed = json.loads(_outputs.SPEED.read_text())
-    baseline = next((v.name for v in p.variants.values() if v.method == "ce"), None)
+def main(p: params.Params, args: list[str]) -> None:
+    no_arguments(args)
+    outputs = files.OutputSet(
+        [_outputs.REPORT, _outputs.STATISTICS, _outputs.TRADEOFF_PLOT, _outputs.CURVES_PLOT]
+    )
+    outputs.check()
     # Validation only, when there is a validation split: the test set must not pick the model.
     select_by = "val_accuracy" if p.data.val_size else p.registry.select_by
+    evaluation, speed = _evaluation(p, select_by)
+    baseline = next((v.name for v in p.variants.values() if v.method == "ce"), None)
     best = report.champion(evaluation, select_by)
-    train = {v: {str(s): _json(_outputs.train_metrics(_outputs.student_role(v, s))) for s in p.seeds}
+    train = {v: {str(s): _training_record(_outputs.train_metrics, v, s) for s in p.seeds}
              for v in p.variants}  # fmt: skip
     table_stats = report.statistics(evaluation, baseline, report.last_epoch_tree(train))
     text = (
@@ -42,21 +48,16 @@ def main() -> None:
         "Paired by seed (same initial weights, same batches); 95 % intervals from Student's t; "
         "p-value of the two-sided paired t-test; verdict at p < 0.05.\n"
     )
+    rendered = {
+        _outputs.REPORT: text.encode(),
+        _outputs.STATISTICS: files.json_bytes(table_stats),
+        _outputs.TRADEOFF_PLOT: _png(figures.tradeoff(_points(evaluation, speed))),
+        _outputs.CURVES_PLOT: _png(figures.curves(_mean_curves(p))),
+    }
     used = {"baseline": baseline, "select_by": select_by, "registry": vars(p.registry)}
     with tracking.stage_run("report", p.mlflow.experiment, used, p.data.md5) as r:
-        with files.atomic_path(_outputs.REPORT) as tmp:
-            tmp.write_text(text)
-        files.write_json(_outputs.STATISTICS, table_stats)
-        for path, fig in (
-            (_outputs.TRADEOFF_PLOT, figures.tradeoff(_points(evaluation, speed))),
-            (_outputs.CURVES_PLOT, figures.curves(_mean_curves(p))),
-        ):
-            with files.atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=110)
-            figures.close(fig)
         # The parent groups the invocation: with the results on it, its row in the UI shows them.
-        for path in (_outputs.REPORT, _outputs.TRADEOFF_PLOT, _outputs.CURVES_PLOT):
-            r.log_artifact(path, to_parent=True)
+        _log_artifacts(r, {k: v for k, v in rendered.items() if k != _outputs.STATISTICS})
         r.log_metrics(evaluation, to_parent=True)
         r.log_metrics(speed, to_parent=True)
         r.log_metrics({"statistics": table_stats}, to_parent=True)
@@ -64,7 +65,43 @@ def main() -> None:
                     for v, e in table_stats.items() if f"vs_{baseline}" in e}  # fmt: skip
         r.set_tags(verdicts, to_parent=True)
         register(r, p, evaluation, best, select_by)
+        with outputs.commit() as staged:  # last, and together: a failure leaves none of them
+            for path, blob in rendered.items():
+                staged.write_bytes(path, blob)
     print(text)
+
+
+def _evaluation(p: params.Params, select_by: str) -> tuple[dict, dict]:
+    """metrics/evaluation.json and metrics/speed.json, checked to hold every model params lists."""
+    where = [("teacher", str(s)) for s in p.teacher.seeds]
+    students = [("students", v, str(s)) for v in p.variants for s in p.seeds]
+    evaluation = _inputs.json_file(_outputs.EVALUATION, "evaluate", tuple(
+        (*w, "test_accuracy") for w in where) + tuple((*w, select_by) for w in students))  # fmt: skip
+    speed = _inputs.json_file(_outputs.SPEED, "evaluate",
+                              tuple((*w, "latency_ms_p50") for w in where + students))  # fmt: skip
+    return evaluation, speed
+
+
+def _training_record(path_of, variant_or_teacher: str, seed: int) -> Any:
+    """metrics/train/<role>.json or plots/train/<role>.json (`path_of` says which) of a model."""
+    role = (_outputs.teacher_role(seed) if variant_or_teacher == "teacher"
+            else _outputs.student_role(variant_or_teacher, seed))  # fmt: skip
+    return _inputs.json_file(path_of(role), _outputs.stage_of(role))
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    figures.close(fig)
+    return buffer.getvalue()
+
+
+def _log_artifacts(r: tracking.StageRun, rendered: dict[Path, bytes]) -> None:
+    """Log the report's files on the parent run, under their own names."""
+    with tempfile.TemporaryDirectory() as folder:
+        for path, blob in rendered.items():
+            (Path(folder) / path.name).write_bytes(blob)
+            r.log_artifact(Path(folder) / path.name, to_parent=True)
 
 
 def register(
@@ -108,20 +145,16 @@ def _points(evaluation: dict, speed: dict) -> dict[str, dict[str, float]]:
 
 def _mean_curves(p: params.Params) -> dict[str, list[dict[str, float]]]:
     """Per-epoch curves of the teacher and of each variant, averaged over their seeds."""
-    roles = {"teacher": [_outputs.teacher_role(s) for s in p.teacher.seeds],
-             **{v: [_outputs.student_role(v, s) for s in p.seeds] for v in p.variants}}  # fmt: skip
+    members = {"teacher": [("teacher", s) for s in p.teacher.seeds],
+               **{v: [(v, s) for s in p.seeds] for v in p.variants}}  # fmt: skip
     curves = {}
-    for name, members in roles.items():
-        histories = [_json(_outputs.train_history(role)) for role in members]
+    for name, of in members.items():
+        histories = [_training_record(_outputs.train_history, *m) for m in of]
         curves[name] = [
             {key: statistics.fmean(h[i][key] for h in histories) for key in histories[0][i]}
             for i in range(len(histories[0]))
         ]
     return curves
-
-
-def _json(path):
-    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

@@ -9,36 +9,32 @@ split's rows). Reads data.train_size, normalize and train.{device,precision}.
 
 from __future__ import annotations
 
-import sys
-
 import safetensors.torch
 
-from pipeline import data, models, params, tracking
-from pipeline.files import atomic_path
-from pipeline.stages import _outputs
+from pipeline import data, files, params, tracking
+from pipeline.stages import _inputs, _outputs
 from pipeline.stages._cli import run, seed_argument
 from pipeline.stages.train_teacher import ARCH
 from pipeline.train import resolve_device, teacher_outputs
 
 
-def main() -> None:
-    p = params.load_all()
-    seed = seed_argument(sys.argv[1:], p.teacher.seeds, "teacher.seeds", "teacher_outputs")
+def main(p: params.Params, args: list[str]) -> None:
+    seed = seed_argument(args, p.teacher.seeds, "teacher.seeds")
+    path = _outputs.teacher_outputs(seed)
+    outputs = files.OutputSet([path])
+    outputs.check()
     device = resolve_device(p.train.device)
-    images = data.subset(
-        data.load(_outputs.DATA).train, p.data.train_size, "data.train_size"
-    ).images.to(device)
-    teacher = models.load_weights(ARCH, _outputs.model(_outputs.teacher_role(seed))).to(device)
+    train = data.subset(_inputs.dataset().train, p.data.train_size, "data.train_size")
+    teacher = _inputs.weights(ARCH, _outputs.teacher_role(seed)).to(device)
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
     used = {"data.train_size": p.data.train_size, "normalize": vars(p.normalize),
             "train.device": p.train.device, "train.precision": p.train.precision, "seed": seed}  # fmt: skip
-    path = _outputs.teacher_outputs(seed)
     with tracking.stage_run(f"teacher_outputs@{seed}", p.mlflow.experiment, used, p.data.md5) as r:
         r.set_tags({"device": str(device), "precision": p.train.precision})
-        out = teacher_outputs(teacher, images, normalize, p.train.precision)
+        out = teacher_outputs(teacher, train.images.to(device), normalize, p.train.precision)
         tensors = {"logits": out.logits.cpu(), "features": out.features.cpu()}
-        with atomic_path(path) as tmp:
-            safetensors.torch.save_file(tensors, tmp)
+        with outputs.commit() as staged:
+            staged.write_bytes(path, safetensors.torch.save(tensors))
     print(f"{path}: logits {tuple(out.logits.shape)}, features {tuple(out.features.shape)}")
 
 

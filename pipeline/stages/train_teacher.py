@@ -4,8 +4,6 @@ data.url: they change where things are recorded or fetched from, not what is com
 
 from __future__ import annotations
 
-import sys
-
 from pipeline import losses, models, params
 from pipeline.stages import _outputs
 from pipeline.stages._cli import run, seed_argument
@@ -14,9 +12,8 @@ from pipeline.stages._training import common_params, load_dataset, train_and_rec
 ARCH = "DeepNN"
 
 
-def main() -> None:
-    p = params.load_all()
-    seed = seed_argument(sys.argv[1:], p.teacher.seeds, "teacher.seeds", "train_teacher")
+def main(p: params.Params, args: list[str]) -> None:
+    seed = seed_argument(args, p.teacher.seeds, "teacher.seeds")
     train_and_record(
         stage=f"train_teacher@{seed}",
         role=_outputs.teacher_role(seed),
