@@ -16,7 +16,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
-from pipeline import data, models
+from pipeline import data, files, models
 from pipeline.errors import UserError, one_line
 from pipeline.stages import _outputs
 
@@ -78,3 +78,9 @@ def json_file(path: Path, producer: str, required: tuple[tuple[str, ...], ...] =
                 raise InputError(damaged(path, producer, f"no {'.'.join(keys)}"))
             node = node[key]
     return doc
+
+
+def md5(path: Path, producer: str) -> str:
+    """The MD5 of an output of `producer` (a model file, say): what dvc.lock records for it."""
+    with _reading(path, producer):
+        return files.md5(path.read_bytes())

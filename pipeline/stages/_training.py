@@ -117,15 +117,7 @@ def train_and_record(
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
         tags = {"device": str(device), "precision": p.train.precision, "data.file_md5": data_md5}
         run.set_tags(tags | ({"teacher_outputs": teacher_source} if teacher_source else {}))
-        sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
-        run.log_dataset(
-            p.data.url, p.data.md5, sizes | ({"val": len(ds.val.labels)} if ds.val else {})
-        )
-
-        if resumed:
-            run.record_resume(resumed["run_id"], resumed["loop"]["epoch"])
-            for row in history:  # the curves of this run start at epoch 1 too
-                run.log_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+        _record_inputs(run, p, ds, resumed, history)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, metrics)
@@ -142,25 +134,59 @@ def train_and_record(
         fit(net, ds.train, loss_fn, config, normalize, targets=targets, head=head,
             eval_sets=monitored, on_epoch=on_epoch, on_checkpoint=on_checkpoint,
             start=resumed["loop"] if resumed else None, desc=stage)  # fmt: skip
-        summary: dict[str, float] = {"parameters": models.count_parameters(net)}
-        if ds.val is not None:
-            summary["last_epoch_test_accuracy"] = _test_accuracy(net, ds.test, normalize, device)
-            net.load_state_dict(best["state"])
-            summary |= {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
-                        "test_accuracy": _test_accuracy(net, ds.test, normalize, device)}  # fmt: skip
+        summary = _summary(net, ds, best, normalize, device)
         # The per-epoch metrics are already in the run (MLflow shows their last value); add the rest.
         run.log_metrics({**summary, "train_seconds": time.perf_counter() - started})
-        final = {**{k: v for k, v in history[-1].items() if k != "epoch"}, **summary}
-        weights = models.weights_bytes(net)
-        # The weights' MD5 is the hash dvc.lock records for the model file: it links each DVC
-        # output to the run (and logged model) that produced it.
-        run.tag_weights(files.md5(weights))
-        run.log_model(models.Classifier(net, normalize), ds.test.images[:2])
-        with outputs.commit() as staged:
-            staged.write_bytes(_outputs.model(role), weights)
-            staged.write_json(_outputs.train_metrics(role), final)
-            staged.write_json(_outputs.train_history(role), history)
+        _record_outputs(run, outputs, role, models.Classifier(net, normalize), ds, history, summary)
     saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
+
+
+def _record_inputs(
+    run: tracking.StageRun, p: Params, ds: Dataset, resumed: dict | None, history: list[dict]
+) -> None:
+    """The dataset as the run's input; when resuming, where from and the earlier epochs' curves."""
+    sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
+    run.log_dataset(p.data.url, p.data.md5, sizes | ({"val": len(ds.val.labels)} if ds.val else {}))
+    if resumed:
+        run.record_resume(resumed["run_id"], resumed["loop"]["epoch"])
+        for row in history:  # the curves of this run start at epoch 1 too
+            run.log_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+
+
+def _summary(
+    net: nn.Module, ds: Dataset, best: dict[str, Any], normalize: nn.Module, device: torch.device
+) -> dict[str, float]:
+    """What the run adds to the per-epoch metrics. With a validation split, `net` becomes the best
+    epoch's, and the test accuracy of the last epoch is kept beside that of the best."""
+    summary: dict[str, float] = {"parameters": models.count_parameters(net)}
+    if ds.val is not None:
+        summary["last_epoch_test_accuracy"] = _test_accuracy(net, ds.test, normalize, device)
+        net.load_state_dict(best["state"])
+        summary |= {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                    "test_accuracy": _test_accuracy(net, ds.test, normalize, device)}  # fmt: skip
+    return summary
+
+
+def _record_outputs(
+    run: tracking.StageRun,
+    outputs: files.OutputSet,
+    role: str,
+    deployable: models.Classifier,
+    ds: Dataset,
+    history: list[dict],
+    summary: dict[str, float],
+) -> None:
+    """Log the model, then write the DVC outputs of `role`, together."""
+    weights = models.weights_bytes(deployable.net)
+    # The weights' MD5 is the hash dvc.lock records for the model file: it links each DVC
+    # output to the run (and logged model) that produced it.
+    run.tag_weights(files.md5(weights))
+    run.log_model(deployable, ds.test.images[:2])
+    final = {**{k: v for k, v in history[-1].items() if k != "epoch"}, **summary}
+    with outputs.commit() as staged:
+        staged.write_bytes(_outputs.model(role), weights)
+        staged.write_json(_outputs.train_metrics(role), final)
+        staged.write_json(_outputs.train_history(role), history)
 
 
 def _checkpoint(

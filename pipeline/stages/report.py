@@ -54,6 +54,9 @@ def main(p: params.Params, args: list[str]) -> None:
         _outputs.TRADEOFF_PLOT: _png(figures.tradeoff(_points(evaluation, speed))),
         _outputs.CURVES_PLOT: _png(figures.curves(_mean_curves(p))),
     }
+    # The weights of the models to register, read now rather than after the run has opened.
+    md5s = {role: _inputs.md5(_outputs.model(role), _outputs.stage_of(role))
+            for role, *_ in _registered(p, evaluation, best)}  # fmt: skip
     used = {"baseline": baseline, "select_by": select_by, "registry": vars(p.registry)}
     with tracking.stage_run("report", p.mlflow.experiment, used, p.data.md5) as r:
         # The parent groups the invocation: with the results on it, its row in the UI shows them.
@@ -64,7 +67,7 @@ def main(p: params.Params, args: list[str]) -> None:
         verdicts = {f"verdict.{v}": e[f"vs_{baseline}"]["verdict"]
                     for v, e in table_stats.items() if f"vs_{baseline}" in e}  # fmt: skip
         r.set_tags(verdicts, to_parent=True)
-        register(r, p, evaluation, best, select_by)
+        register(r, _registered(p, evaluation, best), md5s, select_by)
         with outputs.commit() as staged:  # last, and together: a failure leaves none of them
             for path, blob in rendered.items():
                 staged.write_bytes(path, blob)
@@ -105,19 +108,12 @@ def _log_artifacts(r: tracking.StageRun, rendered: dict[Path, bytes]) -> None:
 
 
 def register(
-    r: tracking.StageRun, p: params.Params, evaluation: dict, best: tuple[str, str], select_by: str
+    r: tracking.StageRun, models: list[tuple], md5s: dict[str, str], select_by: str
 ) -> None:
-    """The champion as a version of the student's registered model, alias `champion`; its teacher
-    under the teacher's name."""
-    variant, seed = best
-    teacher_seed = p.teacher_seed(int(seed))
-    for role, metrics, name, alias in (
-        (_outputs.student_role(variant, seed), evaluation["students"][variant][seed],
-         p.registry.student, CHAMPION),
-        (_outputs.teacher_role(teacher_seed), evaluation["teacher"][str(teacher_seed)],
-         p.registry.teacher, None),
-    ):  # fmt: skip
-        md5 = files.md5(_outputs.model(role).read_bytes())
+    """Each of `models` (see _registered) as a version of its registered model, found in MLflow by
+    the MD5 of its weights file (`md5s`, by role)."""
+    for role, metrics, name, alias in models:
+        md5 = md5s[role]
         keys = {"test_accuracy", select_by} & metrics.keys()
         tags = {"role": role, **{key: str(metrics[key]) for key in sorted(keys)}}
         version = r.register_model(md5, name, alias, tags)
@@ -128,6 +124,21 @@ def register(
             print(
                 f"registered {role} as {name} version {version}" + (f" @{alias}" if alias else "")
             )
+
+
+def _registered(
+    p: params.Params, evaluation: dict, best: tuple[str, str]
+) -> list[tuple[str, dict, str, str | None]]:
+    """(role, its metrics, registered model name, alias): the champion, with alias `champion`,
+    and its teacher."""
+    variant, seed = best
+    teacher_seed = p.teacher_seed(int(seed))
+    return [
+        (_outputs.student_role(variant, seed), evaluation["students"][variant][seed],
+         p.registry.student, CHAMPION),
+        (_outputs.teacher_role(teacher_seed), evaluation["teacher"][str(teacher_seed)],
+         p.registry.teacher, None),
+    ]  # fmt: skip
 
 
 def _points(evaluation: dict, speed: dict) -> dict[str, dict[str, float]]:
