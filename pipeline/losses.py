@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -132,7 +133,7 @@ def bind(name: str, params: Mapping[str, Any], where: str | None = None) -> Call
     for key, value in params.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}.{key} = {value!r}: expected a number")
-        if not math.isfinite(value):
+        if abs(value) > sys.float_info.max or not math.isfinite(value):  # abs(): ints of any size
             raise ValueError(f"{where}.{key} = {value!r}: expected a finite number")
         if key == "temperature" and value <= 0:
             raise ValueError(f"{where}.{key} = {value}: must be > 0")
@@ -142,4 +143,5 @@ def bind(name: str, params: Mapping[str, Any], where: str | None = None) -> Call
     if weights and not any(weights.values()):
         shown = ", ".join(f"{where}.{k} = {v}" for k, v in weights.items())
         raise ValueError(f"{shown}: at least one weight must be > 0, or nothing is learned")
-    return partial(fn, **params)
+    # As floats: torch takes no Python int beyond 64 bits (10**40 as a weight or temperature).
+    return partial(fn, **{k: float(v) for k, v in params.items()})

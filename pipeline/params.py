@@ -12,13 +12,14 @@ import math
 import re
 import types
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipeline import losses
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.train import PRECISIONS, check_device
 
 PARAMS_FILE = Path("params.yaml")
@@ -50,6 +51,14 @@ class DataParams:
     timeout_s: float = 60.0  # the longest wait for the download server (connecting, each read)
 
     def _check(self, where: str) -> None:
+        try:
+            urllib.parse.urlsplit(self.url)
+            usable = bool(self.url.strip()) and self.url.isprintable()  # no NUL, no line break
+        except ValueError:  # "Invalid IPv6 URL": an unclosed '[' after the scheme
+            usable = False
+        if not usable:  # else a training stage fails on it, when it records the data source
+            raise ParamsError(f"{where}.url = {self.url!r}: expected an http(s) URL, a file:// URL "
+                              "or a local path")  # fmt: skip
         md5 = self.md5.lower()
         if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
             raise ParamsError(f"{where}.md5 = {self.md5!r}: expected 32 hexadecimal digits")
@@ -274,6 +283,9 @@ def read_yaml(path: Path) -> Any:
                           f"{path}`") from None  # fmt: skip
     try:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ParamsError(f"{path} is nested too deeply to read; look for a run of unclosed '[' "
+                          "or '{'") from None  # fmt: skip
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -287,9 +299,22 @@ class _Loader(yaml.SafeLoader):
     a key given twice in one mapping is an error, not silently the last one, and `1e-3` is a
     number, as in YAML 1.2 (and in DVC, which writes `-S` values), not the string '1e-3'."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value that the tag of its node cannot read (`2001-13-45` is a timestamp, `!!int x`)
+        is a ConstructorError at that node, like every other error of the document."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, LookupError, AttributeError, ArithmeticError):
+            tag = node.tag.removeprefix("tag:yaml.org,2002:")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{one_line(node.value, 40)!r} is not a valid {tag}; quote it if it is "
+                "text", node.start_mark) from None  # fmt: skip
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: its keys may be overridden here, which is what it is for
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str | int | float | bool):
                 continue  # an unhashable key: SafeLoader's own error says so
@@ -329,7 +354,7 @@ def parse_variants(raw: Any) -> dict[str, Variant]:
         augment = spec.get("augment", False)
         if not isinstance(augment, bool):
             raise ParamsError(f"variants.{name}.augment = {augment!r}: expected true or false")
-        if spec["method"] not in losses.METHODS:
+        if not isinstance(spec["method"], str) or spec["method"] not in losses.METHODS:
             raise ParamsError(f"variants.{name}.method = {spec['method']!r}: expected one of "
                               f"{', '.join(losses.METHODS)}")  # fmt: skip
         try:
@@ -350,7 +375,7 @@ def parse(cls: type, raw: Any, where: str):
     if not isinstance(raw, dict):
         raise ParamsError(f"{where} = {raw!r}: expected a mapping with keys {_names(cls)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)  # keys may be numbers, null, ...
     if unknown:
         raise ParamsError(f"{where}.{unknown[0]}: unknown key; allowed keys are {_names(cls)}")
     hints = typing.get_type_hints(cls)
@@ -365,6 +390,13 @@ def parse(cls: type, raw: Any, where: str):
     if hasattr(obj, "_check"):
         obj._check(where)
     return obj
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range (about 1.8e308)
+        return False
 
 
 def _names(cls: type) -> str:
@@ -391,7 +423,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         )
     # bool is a subclass of int in Python: `epochs: true` must not pass as 1.
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if not _finite(value):
             raise ParamsError(f"{where} = {value!r}: expected a finite number")
         return float(value)
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):

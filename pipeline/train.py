@@ -93,7 +93,7 @@ def check_device(name: str) -> None:
     if name in ("auto", "cpu"):
         return
     kind, _, index = name.partition(":")
-    if kind not in ("cuda", "mps") or (index and not index.isdigit()):
+    if kind not in ("cuda", "mps") or (index and not (index.isascii() and index.isdigit())):
         raise ValueError("expected auto, cpu, cuda, cuda:<index> or mps")
     available = (
         torch.cuda.device_count() if kind == "cuda" else int(torch.backends.mps.is_available())

@@ -236,3 +236,17 @@ def test_a_bad_param_stops_the_stage_before_any_run(tmp_path, converted, command
         assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["0"]) == []
     written = {p.name for p in tmp_path.iterdir()} - {"data", "params.yaml"}
     assert written <= {"mlflow.db", "mlflow.db.lock"}, written
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "expected auto, cpu, cuda, cuda:<index> or mps"),
+        ("cuda:x", "expected auto, cpu, cuda, cuda:<index> or mps"),
+        ("cuda:\u00b2", "expected auto, cpu, cuda, cuda:<index> or mps"),  # a digit, not ASCII
+        ("cuda:99", "this machine has"),
+    ],
+)
+def test_the_device_must_be_one_this_machine_has(device, message):
+    with pytest.raises(ParamsError, match=rf"train\.device = '{device}': {message}"):
+        parse(TrainParams, {**GOOD_TRAIN, "device": device}, "train")
