@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, remove_stale_parts, writing
 
 
 class Checkpoint:
@@ -26,6 +26,7 @@ class Checkpoint:
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none or it cannot be read (then it is removed and
         training starts over: a rename never leaves a partial file, so that means a damaged disk)."""
+        remove_stale_parts(self.path)  # what a save killed mid-write left (SIGKILL)
         if not self.path.is_file():
             return None
         try:
@@ -37,7 +38,7 @@ class Checkpoint:
             return None
 
     def save(self, state: dict[str, Any]) -> None:
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+        with atomic_path(self.path) as tmp, writing(self.path), open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint

@@ -161,11 +161,6 @@ def json_bytes(obj: Any, compact: bool = False) -> bytes:
     return (json.dumps(obj, indent=None if compact else 2) + "\n").encode()
 
 
-def write_json(path: Path, obj: Any, compact: bool = False) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(json_bytes(obj, compact))
-
-
 def md5(blob: bytes) -> str:
     """The MD5 of a file's bytes: what dvc.lock records for it, so MLflow can name the same file."""
     return hashlib.md5(blob, usedforsecurity=False).hexdigest()

@@ -26,6 +26,7 @@ PARAMS_FILE = Path("params.yaml")
 # Counts (sizes, epochs, batches, iterations) above this are typos, and overflow torch's indices.
 MAX_COUNT = 2**31 - 1
 MAX_SEED = 2**32 - 1  # numpy's limit too; torch would take up to 2**64 - 1
+MAX_TIMEOUT_S = 86400  # a day: sockets refuse much longer timeouts (OverflowError)
 MAX_NAME = 100  # a variant's name: it becomes file names (at most 255 bytes) and metric keys
 
 
@@ -66,8 +67,9 @@ class DataParams:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ParamsError(f"{where}.{key} = {value}: must be >= 1, or null for all")
-        if not 0 < self.timeout_s < math.inf:
-            raise ParamsError(f"{where}.timeout_s = {self.timeout_s}: must be > 0 (seconds)")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:
+            raise ParamsError(f"{where}.timeout_s = {self.timeout_s}: must be > 0 and at most "
+                              f"{MAX_TIMEOUT_S} (seconds)")  # fmt: skip
         if self.val_size < 0:
             raise ParamsError(f"{where}.val_size = {self.val_size}: must be >= 0 (0 = no split)")
         if self.train_size is not None and self.val_size >= self.train_size:

@@ -145,3 +145,15 @@ def test_verbose_flag_on_the_command_line_prints_the_traceback(tmp_path):
     done = stage_process(tmp_path, "pipeline.stages.train_teacher", "42", "-v")
     assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr
     assert done.stderr.splitlines()[-1].startswith("error: train_teacher@42: params.yaml not found")
+
+
+def test_ctrl_c_while_the_libraries_import_is_one_line(tmp_path):
+    # As if Ctrl-C came during the seconds torch and MLflow take to import.
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "__init__.py").write_text("raise KeyboardInterrupt")
+    done = stage_process(tmp_path, "pipeline.stages.report")
+    assert done.returncode == 130  # as for an interrupt after the imports
+    assert done.stderr == (
+        "error: report: interrupted; rerun the stage to continue (a training stage resumes after "
+        "its last complete epoch)\n"
+    )

@@ -1,5 +1,6 @@
 import copy
 import io
+import sys
 
 import pytest
 import torch
@@ -264,3 +265,27 @@ def test_resuming_after_any_epoch_gives_the_weights_of_an_unbroken_run(
         assert same_weights(resumed, unbroken)
         if unbroken_head is not None:
             assert same_weights(resumed_head, unbroken_head)
+
+
+def test_a_failure_mid_epoch_leaves_the_terminal_on_a_new_line(monkeypatch):
+    """The progress bar is closed on any way out of fit, so the error line that follows starts on a
+    line of its own (not glued to the end of the bar)."""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(sys, "stderr", terminal)
+
+    def broken_loss(*args):
+        raise RuntimeError("boom")
+
+    train = data.Split(
+        torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(models.build("LightNN", 0), train, broken_loss, FitConfig(1, 4, 1e-3, 0),
+            data.Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))  # fmt: skip
+    assert "0/2" in terminal.getvalue() and terminal.getvalue().endswith("\n")

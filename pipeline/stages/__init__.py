@@ -1,5 +1,5 @@
-"""Thin DVC stage entry points: `python -m pipeline.stages.<name>`. Each reads its params section,
-calls the library, writes its declared outputs and (from the tracking module) logs."""
+"""Thin DVC stage entry points: `python -m pipeline.stages.<name>`. Each checks all of params.yaml
+(see _cli.py), calls the library, writes its declared outputs and (from the tracking module) logs."""
 
 import sys
 

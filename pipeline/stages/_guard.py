@@ -52,13 +52,17 @@ def guarded(stage: str, body: Callable[[], None], verbose: bool, err: TextIO | N
     try:
         body()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as stages/_cli.py maps it
-        print(f"error: {stage}: interrupted; rerun the stage to continue (a training stage resumes "
-              "after its last complete epoch)", file=err)  # fmt: skip
+        interrupted(stage, err)
         return INTERRUPTED
     except Exception as e:
         report(stage, e, verbose, err)
         return 1
     return 0
+
+
+def interrupted(stage: str, err: TextIO) -> None:
+    print(f"error: {stage}: interrupted; rerun the stage to continue (a training stage resumes "
+          "after its last complete epoch)", file=err)  # fmt: skip
 
 
 def report(stage: str, error: BaseException, verbose: bool, err: TextIO) -> None:
@@ -75,9 +79,10 @@ def report(stage: str, error: BaseException, verbose: bool, err: TextIO) -> None
               f"traceback {where}", file=err)  # fmt: skip
         return
     if isinstance(error, OSError):
-        name = f"{error.filename}: " if error.filename else ""
+        name, fix = (f"{error.filename}: ", "check that file and the disk it is on") if (
+            error.filename) else ("", "check the disks the stage writes to (free space, permissions)")  # fmt: skip
         print(f"error: {stage}: {name}{error.strerror or one_line(error)} ({type(error).__name__}); "
-              f"check that file and the disk it is on, then rerun; traceback {where}", file=err)  # fmt: skip
+              f"{fix}, then rerun; traceback {where}", file=err)  # fmt: skip
         return
     print(f"error: {stage}: unexpected {type(error).__name__}: {one_line(error)}; this is a bug in "
           f"the pipeline: please report it with the traceback {where}", file=err)  # fmt: skip
@@ -103,9 +108,15 @@ def write_log(stage: str, error: BaseException) -> str:
 
 
 def excepthook(kind: type[BaseException], error: BaseException, tb) -> None:
-    """sys.excepthook for what escapes before a stage's guard runs (a failing import, say)."""
-    if not isinstance(error, Exception):
-        sys.__excepthook__(kind, error, tb)
-        return
+    """sys.excepthook for what escapes before a stage's guard runs: a failing import, say, or
+    Ctrl-C during the seconds torch and MLflow take to import."""
     args, verbose = split_verbose(sys.argv[1:])
-    report(stage_name(Path(sys.argv[0]).stem, args), error, verbose, sys.stderr)
+    stage = stage_name(Path(sys.argv[0]).stem, args)
+    if isinstance(error, KeyboardInterrupt):
+        interrupted(stage, sys.stderr)
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)  # the status guarded() gives an interrupt; nothing else is running
+    elif isinstance(error, Exception):
+        report(stage, error, verbose, sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, tb)

@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from pipeline import figures, files, params, report, tracking
 from pipeline.stages import _inputs, _outputs
@@ -36,8 +35,7 @@ def main(p: params.Params, args: list[str]) -> None:
     evaluation, speed = _evaluation(p, select_by)
     baseline = next((v.name for v in p.variants.values() if v.method == "ce"), None)
     best = report.champion(evaluation, select_by)
-    train = {v: {str(s): _training_record(_outputs.train_metrics, v, s) for s in p.seeds}
-             for v in p.variants}  # fmt: skip
+    train = _train_metrics(p)
     table_stats = report.statistics(evaluation, baseline, report.last_epoch_tree(train))
     text = (
         f"{report.comparison_table(evaluation, speed, baseline, best)}\n"
@@ -74,22 +72,38 @@ def main(p: params.Params, args: list[str]) -> None:
     print(text)
 
 
+# What the report reads of each model in metrics/evaluation.json and metrics/speed.json.
+QUALITY = ("test_accuracy", "ece", "parameters", "weights_bytes")
+AGAINST_TEACHER = ("teacher_agreement", "teacher_kl")  # students only
+SPEED = ("latency_ms_p50", "latency_ms_p95", "throughput")
+
+
 def _evaluation(p: params.Params, select_by: str) -> tuple[dict, dict]:
-    """metrics/evaluation.json and metrics/speed.json, checked to hold every model params lists."""
-    where = [("teacher", str(s)) for s in p.teacher.seeds]
+    """metrics/evaluation.json and metrics/speed.json, checked to hold, for every model params
+    lists, every figure the report reads."""
+    teachers = [("teacher", str(s)) for s in p.teacher.seeds]
     students = [("students", v, str(s)) for v in p.variants for s in p.seeds]
-    evaluation = _inputs.json_file(_outputs.EVALUATION, "evaluate", tuple(
-        (*w, "test_accuracy") for w in where) + tuple((*w, select_by) for w in students))  # fmt: skip
-    speed = _inputs.json_file(_outputs.SPEED, "evaluate",
-                              tuple((*w, "latency_ms_p50") for w in where + students))  # fmt: skip
-    return evaluation, speed
+    quality = [(*w, k) for w in teachers for k in QUALITY] + [
+        (*w, k) for w in students for k in (*QUALITY, *AGAINST_TEACHER, select_by)
+    ]
+    timing = [(*w, k) for w in teachers + students for k in SPEED]
+    return (
+        _inputs.json_file(_outputs.EVALUATION, "evaluate", tuple(quality)),
+        _inputs.json_file(_outputs.SPEED, "evaluate", tuple(timing)),
+    )
 
 
-def _training_record(path_of, variant_or_teacher: str, seed: int) -> Any:
-    """metrics/train/<role>.json or plots/train/<role>.json (`path_of` says which) of a model."""
-    role = (_outputs.teacher_role(seed) if variant_or_teacher == "teacher"
-            else _outputs.student_role(variant_or_teacher, seed))  # fmt: skip
-    return _inputs.json_file(path_of(role), _outputs.stage_of(role))
+def _train_metrics(p: params.Params) -> dict[str, dict[str, dict]]:
+    """metrics/train/<variant>-<seed>.json of every student, by variant and seed."""
+    needed = (("last_epoch_test_accuracy",),) if p.data.val_size else ()
+    return {
+        v: {
+            str(s): _inputs.json_file(_outputs.train_metrics(role), _outputs.stage_of(role), needed)
+            for s in p.seeds
+            for role in [_outputs.student_role(v, s)]
+        }
+        for v in p.variants
+    }
 
 
 def _png(fig) -> bytes:
@@ -156,16 +170,23 @@ def _points(evaluation: dict, speed: dict) -> dict[str, dict[str, float]]:
 
 def _mean_curves(p: params.Params) -> dict[str, list[dict[str, float]]]:
     """Per-epoch curves of the teacher and of each variant, averaged over their seeds."""
-    members = {"teacher": [("teacher", s) for s in p.teacher.seeds],
-               **{v: [(v, s) for s in p.seeds] for v in p.variants}}  # fmt: skip
-    curves = {}
-    for name, of in members.items():
-        histories = [_training_record(_outputs.train_history, *m) for m in of]
-        curves[name] = [
-            {key: statistics.fmean(h[i][key] for h in histories) for key in histories[0][i]}
-            for i in range(len(histories[0]))
-        ]
-    return curves
+    members = {"teacher": [_outputs.teacher_role(s) for s in p.teacher.seeds],
+               **{v: [_outputs.student_role(v, s) for s in p.seeds] for v in p.variants}}  # fmt: skip
+    return {name: _mean_curve(roles) for name, roles in members.items()}
+
+
+def _mean_curve(roles: list[str]) -> list[dict[str, float]]:
+    """The mean per epoch of the histories of `roles`, which must have the same epochs and keys."""
+    histories = [_inputs.history(_outputs.train_history(r), _outputs.stage_of(r)) for r in roles]
+    for role, h in zip(roles, histories, strict=True):
+        if [row.keys() for row in h] != [row.keys() for row in histories[0]]:
+            path = _outputs.train_history(role)
+            raise _inputs.InputError(_inputs.out_of_date(path, _outputs.stage_of(role), (
+                f"its epochs or metrics differ from those of {roles[0]}")))  # fmt: skip
+    return [
+        {key: statistics.fmean(h[i][key] for h in histories) for key in histories[0][i]}
+        for i in range(len(histories[0]))
+    ]
 
 
 if __name__ == "__main__":

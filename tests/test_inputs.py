@@ -1,0 +1,108 @@
+"""A missing, damaged or out-of-date input is named with the way to get it back; a bug in the code
+that reads it is not taken for damage."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from pipeline import models
+from pipeline.stages import _inputs
+from pipeline.stages._inputs import InputError
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "students").mkdir(parents=True)
+    return tmp_path
+
+
+def test_a_missing_input_names_the_stage_that_makes_it(project):
+    with pytest.raises(InputError) as e:
+        _inputs.weights("LightNN", "kd-42")
+    assert str(e.value) == (
+        "models/students/kd-42.safetensors is missing; make it with `dvc repro distill@kd-42`"
+    )
+
+
+def test_a_truncated_model_is_damaged_and_restorable(project):
+    path = project / "models/students/kd-42.safetensors"
+    path.write_bytes(models.weights_bytes(models.build("LightNN", 0))[:1000])
+    with pytest.raises(InputError) as e:
+        _inputs.weights("LightNN", "kd-42")
+    assert str(e.value).startswith(
+        "models/students/kd-42.safetensors is damaged (SafetensorError: "
+    )
+    assert str(e.value).endswith(
+        "restore it with `dvc checkout models/students/kd-42.safetensors`, or make it again with "
+        "`dvc repro -f distill@kd-42`"
+    )
+
+
+def test_weights_of_another_network_are_damaged(project):
+    path = project / "models/students/kd-42.safetensors"
+    path.write_bytes(models.weights_bytes(models.build("DeepNN", 0)))
+    with pytest.raises(InputError, match=r"is damaged \(RuntimeError: Error\(s\) in loading"):
+        _inputs.weights("LightNN", "kd-42")
+
+
+def test_a_bug_while_reading_is_not_called_damage(project, monkeypatch):
+    path = project / "models/students/kd-42.safetensors"
+    path.write_bytes(models.weights_bytes(models.build("LightNN", 0)))
+
+    def buggy(arch, path):
+        raise TypeError("load_weights() got an unexpected keyword argument")
+
+    monkeypatch.setattr(models, "load_weights", buggy)
+    with pytest.raises(TypeError):  # left to the guard, which reports it as a bug
+        _inputs.weights("LightNN", "kd-42")
+
+
+def test_teacher_outputs_for_another_training_set_are_out_of_date(project):
+    path = project / "data/teacher_outputs/42.safetensors"
+    path.parent.mkdir(parents=True)
+    safetensors.torch.save_file(
+        {"logits": torch.zeros(5, 10), "features": torch.zeros(5, 32, 8, 8)}, path
+    )
+    with pytest.raises(InputError) as e:
+        _inputs.teacher_outputs(42, rows=200)
+    assert str(e.value) == (
+        "data/teacher_outputs/42.safetensors is out of date (5 rows for 200 training images: made "
+        "with other params); make it again with `dvc repro -f teacher_outputs@42`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("{", "is damaged (JSONDecodeError: "),
+        ("[1, 2]", "is damaged (not a JSON object)"),
+        ('{"teacher": {"42": {}}}', "is out of date (no teacher.42.test_accuracy)"),
+        (
+            '{"teacher": {"42": {"test_accuracy": "high"}}}',
+            "is damaged (teacher.42.test_accuracy = 'high', not",
+        ),
+    ],
+)
+def test_metrics_must_hold_the_numbers_the_report_reads(project, content, says):
+    path = Path("evaluation.json")  # relative, as stages name their files
+    path.write_text(content)
+    with pytest.raises(InputError, match="^" + re.escape(f"evaluation.json {says}")):
+        _inputs.json_file(path, "evaluate", (("teacher", "42", "test_accuracy"),))
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[], [{"epoch": 1, "train_loss": "nan"}], [{"epoch": 2, "train_loss": 1.0}], {"epoch": 1}],
+)
+def test_a_history_is_one_object_of_numbers_per_epoch(project, rows):
+    path = Path("kd-42.json")
+    path.write_text(json.dumps(rows))
+    with pytest.raises(InputError, match="is damaged \\(not one object of numbers per epoch\\)"):
+        _inputs.history(path, "distill@kd-42")
+    path.write_text(json.dumps([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5}]))
+    assert len(_inputs.history(path, "distill@kd-42")) == 2
