@@ -192,7 +192,6 @@ def fit(
         trainable += head.to(device, memory_format=torch.channels_last).parameters()
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
 
-    images, labels = train.images.to(device), train.labels.to(device)
     on_device = {
         k: Split(s.images.to(device), s.labels.to(device)) for k, s in (eval_sets or {}).items()
     }
@@ -202,52 +201,16 @@ def fit(
     if start is not None:
         done = _restore(start, model, head, optimizer, order, device)
         tqdm.write(f"{desc}: resuming after epoch {done}/{config.epochs}")
+    loop = _Loop(model, head, optimizer, loss_fn, targets, normalize, config, order,
+                 Split(train.images.to(device), train.labels.to(device)))  # fmt: skip
 
-    steps_per_epoch = -(-len(labels) // config.batch_size)
     # Closed on any way out, so that an error line starts on a line of its own in a terminal.
-    with progress.bar(total=config.epochs * steps_per_epoch, desc=desc, unit="step",
-                      initial=done * steps_per_epoch) as bar:  # fmt: skip
+    with progress.bar(total=config.epochs * loop.steps, desc=desc, unit="step",
+                      initial=done * loop.steps) as bar:  # fmt: skip
         for epoch in range(done + 1, config.epochs + 1):
             started = time.perf_counter()
-            model.train()
-            sums: dict[str, torch.Tensor] = {}
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            # The first batch whose loss is not finite, kept on the device (no sync per step) and
-            # checked once per epoch: a diverged model is never reported or saved as trained.
-            first_bad = torch.zeros((), device=device, dtype=torch.long)
-            for step, idx in enumerate(
-                batch_indices(len(labels), config.batch_size, order, device), 1
-            ):
-                batch = augment(images[idx], order) if config.augment else images[idx]
-                x, y = normalize(batch).contiguous(memory_format=torch.channels_last), labels[idx]
-                teacher_out = targets(idx, x) if targets is not None else None
-                with autocast(device, config.precision):
-                    out = model(x)
-                    terms = loss_fn(out, teacher_out, y, head)
-                optimizer.zero_grad(set_to_none=True)
-                terms[TOTAL].backward()
-                optimizer.step()
-                bad = (first_bad == 0) & ~torch.isfinite(terms[TOTAL].detach())
-                first_bad = torch.where(bad, step, first_bad)
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0) + value.detach().float() * len(idx)
-                correct += (out.logits.argmax(dim=1) == y).sum()
-                bar.update()
-            if (bad_step := first_bad.item()) > 0:
-                raise NumericalError(
-                    f"the training loss became NaN or infinite at epoch {epoch}, batch {bad_step} of "
-                    f"{steps_per_epoch}; lower train.lr or the variant's weights and rerun"
-                )
-            metrics = {
-                f"train_{name}": (total / len(labels)).item() for name, total in sums.items()
-            }
-            metrics["train_accuracy"] = correct.item() / len(labels)
-            # Monitoring at the training precision (bf16 halves the teacher's evaluation time and moved
-            # test accuracy by < 0.1 point here); the evaluate stage measures the final models in fp32.
-            for name, split in on_device.items():
-                with autocast(device, config.precision):
-                    logits = predict(model, split.images, normalize)
-                metrics[f"{name}_accuracy"] = accuracy(logits, split.labels)
+            metrics = _train_epoch(loop, epoch, bar)
+            metrics |= _monitored(model, on_device, normalize, config)
             metrics["epoch_seconds"] = time.perf_counter() - started
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             tqdm.write(f"{desc} epoch {epoch}/{config.epochs}: {shown}")
@@ -257,6 +220,77 @@ def fit(
                 on_checkpoint(loop_state(epoch, model, head, optimizer, order, device))
     optimizer.zero_grad(set_to_none=True)  # the returned model carries no stale gradients
     return model.to(memory_format=torch.contiguous_format)
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every training step uses, set up once by fit()."""
+
+    model: nn.Module
+    head: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[..., Terms]
+    targets: Targets | None
+    normalize: Normalizer
+    config: FitConfig
+    order: torch.Generator  # batch order (and augmentation)
+    train: Split  # on the training device
+
+    @property
+    def steps(self) -> int:
+        return -(-len(self.train.labels) // self.config.batch_size)
+
+
+def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
+    """One epoch of steps; the mean of every loss component (`train_<name>`) and the accuracy."""
+    config, images, labels = loop.config, loop.train.images, loop.train.labels
+    device = config.device
+    loop.model.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    # The first batch whose loss is not finite, kept on the device (no sync per step) and checked
+    # once per epoch: a diverged model is never reported or saved as trained.
+    first_bad = torch.zeros((), device=device, dtype=torch.long)
+    for step, idx in enumerate(
+        batch_indices(len(labels), config.batch_size, loop.order, device), 1
+    ):
+        batch = augment(images[idx], loop.order) if config.augment else images[idx]
+        x, y = loop.normalize(batch).contiguous(memory_format=torch.channels_last), labels[idx]
+        teacher_out = loop.targets(idx, x) if loop.targets is not None else None
+        with autocast(device, config.precision):
+            out = loop.model(x)
+            terms = loop.loss_fn(out, teacher_out, y, loop.head)
+        loop.optimizer.zero_grad(set_to_none=True)
+        terms[TOTAL].backward()
+        loop.optimizer.step()
+        bad = (first_bad == 0) & ~torch.isfinite(terms[TOTAL].detach())
+        first_bad = torch.where(bad, step, first_bad)
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0) + value.detach().float() * len(idx)
+        correct += (out.logits.argmax(dim=1) == y).sum()
+        bar.update()
+    if (bad_step := first_bad.item()) > 0:
+        raise NumericalError(
+            f"the training loss became NaN or infinite at epoch {epoch}, batch {bad_step} of "
+            f"{loop.steps}; lower train.lr or the variant's weights and rerun"
+        )
+    metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
+    metrics["train_accuracy"] = correct.item() / len(labels)
+    return metrics
+
+
+def _monitored(
+    model: nn.Module, splits: Mapping[str, Split], normalize: Normalizer, config: FitConfig
+) -> dict[str, float]:
+    """`<name>_accuracy` of each split. At the training precision: bf16 halves the teacher's
+    evaluation time and moved test accuracy by < 0.1 point here; the evaluate stage measures the
+    final models in fp32."""
+    metrics = {}
+    for name, split in splits.items():
+        with autocast(config.device, config.precision):
+            logits = predict(model, split.images, normalize)
+        metrics[f"{name}_accuracy"] = accuracy(logits, split.labels)
+    return metrics
 
 
 def loop_state(

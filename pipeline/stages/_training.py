@@ -112,33 +112,46 @@ def train_and_record(
     data_md5 = files.md5(_outputs.DATA.read_bytes())
     saved_to = _checkpoint(stage, role, run_params, data_md5, teacher_weights)
     resumed = saved_to.load()
-    history: list[dict[str, float]] = resumed["history"] if resumed else []
-    best: dict[str, Any] = resumed["best"] if resumed else {}
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
         tags = {"device": str(device), "precision": p.train.precision, "data.file_md5": data_md5}
         run.set_tags(tags | ({"teacher_outputs": teacher_source} if teacher_source else {}))
-        _record_inputs(run, p, ds, resumed, history)
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            run.log_epoch(epoch, metrics)
-            history.append(
-                {"epoch": epoch, **{k: v for k, v in metrics.items() if k not in TIMING}}
-            )
-            if ds.val is not None and metrics["val_accuracy"] > best.get("val_accuracy", -1.0):
-                best.update(epoch=epoch, val_accuracy=metrics["val_accuracy"], state=_snapshot(net))
-
-        def on_checkpoint(loop: LoopState) -> None:
-            saved_to.save({"loop": loop, "history": history, "best": best, "run_id": run.run_id})
-
+        epochs_of = _Recorder(run, saved_to, net, ds.val is not None, resumed)
+        _record_inputs(run, p, ds, resumed, epochs_of.history)
         started = time.perf_counter()
         fit(net, ds.train, loss_fn, config, normalize, targets=targets, head=head,
-            eval_sets=monitored, on_epoch=on_epoch, on_checkpoint=on_checkpoint,
+            eval_sets=monitored, on_epoch=epochs_of.epoch, on_checkpoint=epochs_of.checkpoint,
             start=resumed["loop"] if resumed else None, desc=stage)  # fmt: skip
-        summary = _summary(net, ds, best, normalize, device)
+        summary = _summary(net, ds, epochs_of.best, normalize, device)
         # The per-epoch metrics are already in the run (MLflow shows their last value); add the rest.
         run.log_metrics({**summary, "train_seconds": time.perf_counter() - started})
-        _record_outputs(run, outputs, role, models.Classifier(net, normalize), ds, history, summary)
+        deployable = models.Classifier(net, normalize)
+        _record_outputs(run, outputs, role, deployable, ds, epochs_of.history, summary)
     saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
+
+
+class _Recorder:
+    """What each epoch leaves: its metrics in the run and the history, the best epoch's weights
+    (with a validation split), and the checkpoint that lets a rerun resume after it."""
+
+    def __init__(self, run: tracking.StageRun, saved_to: checkpoint.Checkpoint, net: nn.Module,
+                 validated: bool, resumed: dict | None):  # fmt: skip
+        self.run, self.saved_to, self.net, self.validated = run, saved_to, net, validated
+        self.history: list[dict[str, float]] = resumed["history"] if resumed else []
+        self.best: dict[str, Any] = resumed["best"] if resumed else {}
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.run.log_epoch(epoch, metrics)
+        self.history.append(
+            {"epoch": epoch, **{k: v for k, v in metrics.items() if k not in TIMING}}
+        )
+        if self.validated and metrics["val_accuracy"] > self.best.get("val_accuracy", -1.0):
+            self.best.update(
+                epoch=epoch, val_accuracy=metrics["val_accuracy"], state=_snapshot(self.net)
+            )
+
+    def checkpoint(self, loop: LoopState) -> None:
+        self.saved_to.save({"loop": loop, "history": self.history, "best": self.best,
+                            "run_id": self.run.run_id})  # fmt: skip
 
 
 def _record_inputs(
