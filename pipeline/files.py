@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +141,12 @@ class Staging:
         self.declared = declared
         self.staged: dict[Path, Path] = {}
 
-    def write_with(self, path: Path, save: Callable[[Path], None]) -> None:
-        """`save(tmp)` writes the content of `path` to the temporary file `tmp`."""
+    def write_bytes(self, path: Path, blob: bytes) -> None:
         if path not in self.declared:
             raise ValueError(f"{path} is not one of this stage's declared outputs")
         with writing(path):
             tmp = self.staged[path] = _temp_beside(path)
-            save(tmp)
-
-    def write_bytes(self, path: Path, blob: bytes) -> None:
-        self.write_with(path, lambda tmp: tmp.write_bytes(blob))
+            tmp.write_bytes(blob)
 
     def write_json(self, path: Path, obj: Any, compact: bool = False) -> None:
         self.write_bytes(path, json_bytes(obj, compact))

@@ -52,9 +52,10 @@ def main(p: params.Params, args: list[str]) -> None:
         _outputs.TRADEOFF_PLOT: _png(figures.tradeoff(_points(evaluation, speed))),
         _outputs.CURVES_PLOT: _png(figures.curves(_mean_curves(p))),
     }
+    to_register = _registered(p, evaluation, best)
     # The weights of the models to register, read now rather than after the run has opened.
     md5s = {role: _inputs.md5(_outputs.model(role), _outputs.stage_of(role))
-            for role, *_ in _registered(p, evaluation, best)}  # fmt: skip
+            for role, *_ in to_register}  # fmt: skip
     used = {"baseline": baseline, "select_by": select_by, "registry": vars(p.registry)}
     with tracking.stage_run("report", p.mlflow.experiment, used, p.data.md5) as r:
         # The parent groups the invocation: with the results on it, its row in the UI shows them.
@@ -65,7 +66,7 @@ def main(p: params.Params, args: list[str]) -> None:
         verdicts = {f"verdict.{v}": e[f"vs_{baseline}"]["verdict"]
                     for v, e in table_stats.items() if f"vs_{baseline}" in e}  # fmt: skip
         r.set_tags(verdicts, to_parent=True)
-        register(r, _registered(p, evaluation, best), md5s, select_by)
+        register(r, to_register, md5s, select_by)
         with outputs.commit() as staged:  # last, and together: a failure leaves none of them
             for path, blob in rendered.items():
                 staged.write_bytes(path, blob)
