@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.datasets.utils import calculate_md5
+from torchvision.transforms.v2 import functional as TF
 
 from pipeline import progress
 from pipeline.errors import UserError
@@ -45,7 +46,7 @@ class DataError(UserError):
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8, N x 3 x 32 x 32
+    images: torch.Tensor  # uint8, N x 3 x H x W (32 x 32 for CIFAR-10 unless data.image_size)
     labels: torch.Tensor  # int64, N
 
 
@@ -215,6 +216,20 @@ def _stack(splits: list[Split]) -> Split:
     )
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images (3 x H x W, or N x 3 x H x W) resized to size x size, bilinear and antialiased
+    (the aspect ratio is not kept). Images already of that size are returned as they are."""
+    return TF.resize(images, [size, size], antialias=True)
+
+
+def resized(dataset: Cifar10, size: int | None) -> Cifar10:
+    """`dataset` with every image resized to size x size; `dataset` itself when size is None."""
+    if size is None:
+        return dataset
+    train, test = (Split(resize(s.images, size), s.labels) for s in (dataset.train, dataset.test))
+    return Cifar10(train=train, test=test, classes=dataset.classes)
+
+
 # --- the converted tensor file -----------------------------------------------------------------
 
 
@@ -303,15 +318,14 @@ def validation_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, 
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the image padded by 4 px, and a horizontal flip half of the time, for a
+    """Random H x W crop of the image padded by 4 px, and a horizontal flip half of the time, for a
     uint8 batch on any device, drawn from `generator` so it is reproducible."""
-    n = len(images)
+    n, (height, width) = len(images), images.shape[-2:]
     offsets = torch.randint(0, 9, (2, n), generator=generator).to(images.device)
     flips = torch.rand(n, generator=generator).to(images.device) < 0.5
     padded = F.pad(images, (4, 4, 4, 4))
-    steps = torch.arange(32, device=images.device)
-    rows = (offsets[0, :, None] + steps)[:, :, None]  # n x 32 x 1
-    cols = (offsets[1, :, None] + steps)[:, None, :]  # n x 1 x 32
+    rows = (offsets[0, :, None] + torch.arange(height, device=images.device))[:, :, None]  # n x H x 1
+    cols = (offsets[1, :, None] + torch.arange(width, device=images.device))[:, None, :]  # n x 1 x W
     cols = torch.where(flips[:, None, None], cols.flip(-1), cols)
     batch = torch.arange(n, device=images.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
