@@ -33,6 +33,7 @@ import reference
 
 from pipeline import data, losses, models
 from pipeline.evaluate import accuracy, predict
+from pipeline.taps import Tapped
 from pipeline.train import (
     FitConfig,
     cached_teacher,
@@ -107,7 +108,8 @@ def run_engine(archive: Path, epochs: int, device: torch.device, precision: str)
         return accuracy(predict(model, test_images, normalize), test_labels)
 
     teacher, out["teacher_s"] = timed(
-        lambda: fit(models.build("DeepNN", 42), ds.train, losses.bind("ce", {}), config, normalize),
+        lambda: fit(Tapped(models.build("DeepNN", {}, 10, 42, "teacher")), ds.train,
+                    losses.bind("ce", {}), config, normalize, num_classes=10),
         device,
     )
     out["teacher_acc"] = test(teacher)
@@ -116,11 +118,12 @@ def run_engine(archive: Path, epochs: int, device: torch.device, precision: str)
     )
     student, out["kd_s"] = timed(
         lambda: fit(
-            models.build("LightNN", 42),
+            Tapped(models.build("LightNN", {}, 10, 42, "student")),
             ds.train,
             losses.bind("kd", KD),
             config,
             normalize,
+            num_classes=10,
             targets=cached_teacher(cache),
         ),
         device,
@@ -128,7 +131,8 @@ def run_engine(archive: Path, epochs: int, device: torch.device, precision: str)
     out["kd_acc"] = test(student)
     plain, out["ce_s"] = timed(
         lambda: fit(
-            models.build("LightNN", 42), ds.train, losses.bind("ce", {}), config, normalize
+            Tapped(models.build("LightNN", {}, 10, 42, "student")), ds.train,
+            losses.bind("ce", {}), config, normalize, num_classes=10,
         ),
         device,
     )

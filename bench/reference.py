@@ -2,8 +2,8 @@
 
 Written after the PyTorch knowledge-distillation tutorial (../shared/seed/): torchvision's CIFAR10
 dataset with per-image PIL transforms, a DataLoader with 2 workers, fp32 NCHW, and the teacher's
-forward pass on every batch of every distillation epoch. Only `.logits` is added, because our models
-(the tutorial's architectures) also return their feature maps.
+forward pass on every batch of every distillation epoch, as the tutorial has them (our built-ins,
+the tutorial's architectures, return logits as its classes do).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def train(model, train_loader, epochs, learning_rate, device):
         for inputs, labels in train_loader:
             inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
-            outputs = model(inputs).logits
+            outputs = model(inputs)
             loss = criterion(outputs, labels)
             loss.backward()
             optimizer.step()
@@ -74,8 +74,8 @@ def train_knowledge_distillation(
             inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
             with torch.no_grad():
-                teacher_logits = teacher(inputs).logits
-            student_logits = student(inputs).logits
+                teacher_logits = teacher(inputs)
+            student_logits = student(inputs)
             soft_targets = nn.functional.softmax(teacher_logits / T, dim=-1)
             soft_prob = nn.functional.log_softmax(student_logits / T, dim=-1)
             soft_targets_loss = (
@@ -96,7 +96,7 @@ def test(model, test_loader, device) -> float:
     with torch.no_grad():
         for inputs, labels in test_loader:
             inputs, labels = inputs.to(device), labels.to(device)
-            _, predicted = torch.max(model(inputs).logits, 1)
+            _, predicted = torch.max(model(inputs), 1)
             total += labels.size(0)
             correct += (predicted == labels).sum().item()
     return correct / total

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.models import logits_of
+
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017)
 
 
@@ -34,7 +36,7 @@ def predict(
     try:
         return torch.cat(
             [
-                model(normalize(chunk).contiguous(memory_format=torch.channels_last)).logits
+                logits_of(model(normalize(chunk).contiguous(memory_format=torch.channels_last)))
                 for chunk in images.split(batch_size)
             ]
         )

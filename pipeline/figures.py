@@ -62,7 +62,8 @@ def tradeoff(models: Mapping[str, Mapping[str, float]]) -> Figure:
 
 def curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
     """Per-epoch training loss, training accuracy and the monitored accuracy (validation when there
-    is a validation split, else test) of every model."""
+    is a validation split, else test) of every model (one not trained here has no curve)."""
+    histories = {name: rows for name, rows in histories.items() if rows}
     first = next(iter(histories.values()))[0]
     monitored = "val_accuracy" if "val_accuracy" in first else "test_accuracy"
     panels = (

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import losses
+from pipeline import losses, models
 from pipeline.errors import UserError, one_line
 from pipeline.train import PRECISIONS, check_device
 
@@ -28,6 +28,7 @@ MAX_COUNT = 2**31 - 1
 MAX_SEED = 2**32 - 1  # numpy's limit too; torch would take up to 2**64 - 1
 MAX_TIMEOUT_S = 86400  # a day: sockets refuse much longer timeouts (OverflowError)
 MAX_NAME = 100  # a variant's name: it becomes file names (at most 255 bytes) and metric keys
+MAX_IMAGE_SIZE = 4096  # data.image_size: larger is a typo (50,000 images of 4096 x 4096 = 2.5 TB)
 
 
 class ParamsError(UserError, ValueError):
@@ -45,13 +46,19 @@ class MlflowParams:
 @dataclasses.dataclass(frozen=True)
 class DataParams:
     url: str
-    md5: str
+    # Pins the data: required for the CIFAR-10 archive; for an image folder optional, checked if given.
+    md5: str | None = None
     train_size: int | None = None  # the first N training images; None = all 50,000
     test_size: int | None = None  # the first N test images; None = all 10,000
     val_size: int = 0  # images held out of the training set per seed; 0 = the tutorial's protocol
     timeout_s: float = 60.0  # the longest wait for the download server (connecting, each read)
+    # "cifar10": the CIFAR-10 python archive fetched from `url`. Anything else is the path (relative
+    # to the project root, or absolute) of an image folder or a .tar.gz of one (image_folder.py).
+    source: str = "cifar10"
+    image_size: int | None = None  # resize every image to N x N; None = keep the images' size
 
     def _check(self, where: str) -> None:
+        self._check_source(where)
         try:
             urllib.parse.urlsplit(self.url)
             usable = bool(self.url.strip()) and self.url.isprintable()  # no NUL, no line break
@@ -60,9 +67,6 @@ class DataParams:
         if not usable:  # else a training stage fails on it, when it records the data source
             raise ParamsError(f"{where}.url = {self.url!r}: expected an http(s) URL, a file:// URL "
                               "or a local path")  # fmt: skip
-        md5 = self.md5.lower()
-        if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
-            raise ParamsError(f"{where}.md5 = {self.md5!r}: expected 32 hexadecimal digits")
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -77,6 +81,22 @@ class DataParams:
                 f"{where}.val_size = {self.val_size}: must be smaller than train_size "
                 f"({self.train_size}), or the training split is empty"
             )
+
+    def _check_source(self, where: str) -> None:
+        """source, md5 and image_size; whether an image folder exists is the download stage's
+        check, as params are checked by every stage and only that one reads the folder."""
+        if not self.source.strip() or not self.source.isprintable():
+            raise ParamsError(f"{where}.source = {self.source!r}: expected cifar10, or the path of "
+                              "an image folder or a .tar.gz of one")  # fmt: skip
+        if self.md5 is None:
+            if self.source == "cifar10":
+                raise ParamsError(f"{where}.md5 = null: the CIFAR-10 archive needs its MD5 (32 "
+                                  "hexadecimal digits); only an image folder may go without")  # fmt: skip
+        elif len(self.md5) != 32 or any(c not in "0123456789abcdef" for c in self.md5.lower()):
+            raise ParamsError(f"{where}.md5 = {self.md5!r}: expected 32 hexadecimal digits")
+        if self.image_size is not None and not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ParamsError(f"{where}.image_size = {self.image_size}: must be from 8 to "
+                              f"{MAX_IMAGE_SIZE}, or null to keep the images' size")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,23 +134,57 @@ class TrainParams:
 
 @dataclasses.dataclass(frozen=True)
 class RoleParams:
-    """What differs between the teacher and the students."""
+    """What differs between the teacher and the students: the model and how long it trains."""
 
     epochs: int
+    # A built-in, a torchvision classification model or package.module:Name (see models.py),
+    # called with `args` (num_classes comes from the data unless args sets it).
+    model: str = "LightNN"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The file or folder that holds the model's code: a DVC dependency of every stage that builds
+    # the model. An import-path model's source file must lie inside it.
+    code: str = "pipeline/models.py"
 
     def _check(self, where: str) -> None:
         _check_count(self.epochs, f"{where}.epochs")
+        try:
+            models.resolve(self.model, f"{where}.model")
+        except models.ModelError as e:
+            raise ParamsError(str(e)) from None
+        code = Path(self.code)
+        source = models.source_file(self.model)  # None: a built-in or torchvision model
+        if code.is_absolute() or ".." in code.parts or (source and not code.exists()):
+            raise ParamsError(f"{where}.code = {self.code!r}: expected a file or folder inside the "
+                              "project that holds the model's code")  # fmt: skip
+        if source is not None and not source.is_relative_to(code.resolve()):
+            raise ParamsError(f"{where}.code = {self.code!r} does not hold {where}.model "
+                              f"{self.model!r} (defined in {_shown_path(source)}); set it to that "
+                              "file or its folder, so that DVC reruns when it changes")  # fmt: skip
+
+
+def _shown_path(path: Path) -> str:
+    root = Path.cwd().resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherParams(RoleParams):
+    model: str = "DeepNN"
     # Seeds to train a teacher with. A student of seed s learns from the teacher of seed s when
     # there is one, else from the first: the default trains one teacher for every student.
     seeds: tuple[int, ...] = (42,)
+    # A teacher already trained: a weights file (safetensors or a PyTorch state dict) or a models:/
+    # URI of the MLflow registry. Then no teacher is trained; null trains one.
+    weights: str | None = None
 
     def _check(self, where: str) -> None:
         super()._check(where)
         _check_seeds(self.seeds, f"{where}.seeds")
+        if self.weights is None or self.weights.startswith("models:/"):
+            return
+        if not Path(self.weights).is_file():
+            raise ParamsError(f"{where}.weights = {self.weights!r}: no such file; give a weights "
+                              "file (.safetensors, .pt), a models:/ URI, or null to train one")  # fmt: skip
 
 
 def _check_seeds(seeds: tuple[int, ...], where: str) -> None:
@@ -208,11 +262,11 @@ class Variant:
 
     name: str
     method: str
-    options: tuple[tuple[str, float], ...]
+    options: tuple[tuple[str, float | str], ...]  # numbers, and layers' module paths
     augment: bool = False  # random crop + flip; the teacher then runs live on every batch
 
     @property
-    def kwargs(self) -> dict[str, float]:
+    def kwargs(self) -> dict[str, float | str]:
         return dict(self.options)
 
 
@@ -270,7 +324,8 @@ def load_all(path: Path = PARAMS_FILE) -> Params:
     sections = {key: parse(cls, doc[key], key) for key, cls in SECTIONS.items()}
     seeds = _coerce(doc["seeds"], tuple[int, ...], "seeds")
     _check_seeds(seeds, "seeds")
-    return Params(**sections, seeds=seeds, variants=parse_variants(doc["variants"]))
+    variants = parse_variants(doc["variants"], sections["student"], sections["teacher"])
+    return Params(**sections, seeds=seeds, variants=variants)
 
 
 def read_yaml(path: Path) -> Any:
@@ -335,7 +390,11 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_variants(raw: Any) -> dict[str, Variant]:
+def parse_variants(
+    raw: Any, student: RoleParams | None = None, teacher: RoleParams | None = None
+) -> dict[str, Variant]:
+    """The variants, each layer a method taps filled in from its model's default where not given
+    (the built-ins': see models.DEFAULT_LAYERS)."""
     if not isinstance(raw, dict) or not raw:
         raise ParamsError(f"variants = {raw!r}: expected a mapping of name -> {{method, ...}}")
     variants = {}
@@ -353,6 +412,9 @@ def parse_variants(raw: Any) -> dict[str, Variant]:
         if not isinstance(spec, dict) or "method" not in spec:
             raise ParamsError(f"variants.{name} = {spec!r}: expected a mapping with a 'method'")
         options = {k: v for k, v in spec.items() if k not in ("method", "augment")}
+        if isinstance(spec["method"], str) and spec["method"] in losses.METHODS:
+            options = _with_default_layers(options, spec["method"], f"variants.{name}",
+                                           {"student_layer": student, "teacher_layer": teacher})  # fmt: skip
         augment = spec.get("augment", False)
         if not isinstance(augment, bool):
             raise ParamsError(f"variants.{name}.augment = {augment!r}: expected true or false")
@@ -365,6 +427,18 @@ def parse_variants(raw: Any) -> dict[str, Variant]:
             raise ParamsError(str(e)) from None
         variants[name] = Variant(name, spec["method"], tuple(options.items()), augment)
     return variants
+
+
+def _with_default_layers(options: dict, method: str, where: str, roles: dict) -> dict:
+    options = dict(options)
+    for key in losses.layers(method):
+        role = roles[key] or (TeacherParams if key == "teacher_layer" else RoleParams)(epochs=1)
+        if key not in options:
+            if role.model not in models.DEFAULT_LAYERS:
+                raise ParamsError(f"{where}.{key}: missing, and {role.model} has no default layer; "
+                                  "name the module to tap (e.g. layer3)")  # fmt: skip
+            options[key] = models.DEFAULT_LAYERS[role.model]
+    return options
 
 
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*", re.ASCII)
@@ -384,7 +458,7 @@ def parse(cls: type, raw: Any, where: str):
     values = {}
     for name, field in fields.items():
         if name not in raw:
-            if field.default is dataclasses.MISSING:
+            if field.default is field.default_factory is dataclasses.MISSING:
                 raise ParamsError(f"{where}.{name}: missing; allowed keys are {_names(cls)}")
             continue
         values[name] = _coerce(raw[name], hints[name], f"{where}.{name}")
@@ -413,6 +487,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, where)
+    if origin is dict:  # keyword arguments: names to any YAML values
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ParamsError(f"{where} = {value!r}: expected a mapping of names to values")
+        return dict(value)
     if origin is tuple and args[-1] is Ellipsis:  # tuple[int, ...]: a list of any length
         if not isinstance(value, list | tuple):
             raise ParamsError(f"{where} = {value!r}: expected a list")

@@ -20,11 +20,12 @@ import logging
 import os
 import platform
 import socket
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,25 @@ def check_store(uri: str, experiment: str) -> None:
         )
 
 
+def load_registered(uri: str) -> torch.nn.Module:
+    """The model that a models:/ URI of the registry names (e.g. models:/cifar10-teacher/3 or
+    models:/cifar10-teacher@champion), on the CPU; TrackingError when there is none."""
+    store = tracking_uri()
+    mlflow.set_tracking_uri(store)
+    # MLflow puts the model's code (a copy of this package) first on sys.path and drops the
+    # modules of that name, to import its copy: put ours back after, or every isinstance check on
+    # our own classes (the guard's UserError among them) would fail from here on.
+    modules, path = dict(sys.modules), list(sys.path)
+    try:
+        return mlflow.pytorch.load_model(uri, map_location="cpu")
+    except MlflowException as e:
+        raise TrackingError(f"teacher.weights = {uri!r}: {one_line(e.message, 200)} (in {store}); "
+                            "register the teacher first, or fix the URI") from None  # fmt: skip
+    finally:
+        sys.modules.update(modules)
+        sys.path[:] = path
+
+
 @contextlib.contextmanager
 def _store_errors(uri: str, kind: type[Exception] = MlflowException) -> Iterator[None]:
     """Errors of the store (MlflowException, or `kind`) as one TrackingError line naming it."""
@@ -175,12 +195,12 @@ def _invocation_run(client: MlflowClient, experiment_id: str, tags: Mapping[str,
     return parent.info.run_id
 
 
-def _invocation_tags(data_md5: str) -> dict[str, str]:
+def _invocation_tags(data_md5: str | None) -> dict[str, str]:
     """Tags shared by the parent run and every stage run of one invocation."""
     tags = {
         "git.commit": provenance.git_commit(),
         "git.dirty": str(provenance.git_dirty()).lower(),
-        "data.md5": data_md5,
+        "data.md5": data_md5 or "none",  # none: an image folder given without an MD5
         INVOCATION_TAG: provenance.invocation_key(),
         "torch.version": torch.__version__,
         "torchvision.version": torchvision.__version__,
@@ -194,7 +214,7 @@ def _invocation_tags(data_md5: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, experiment: str, params: Mapping[str, Any], data_md5: str
+    stage: str, experiment: str, params: Mapping[str, Any], data_md5: str | None
 ) -> Iterator[StageRun]:
     """One MLflow run for one stage: FINISHED, FAILED if the block raises, KILLED if interrupted.
 
@@ -335,8 +355,11 @@ class StageRun:
         tags = {f"{split}_size": str(n) for split, n in sizes.items()}
         mlflow.log_input(dataset, context="training", tags=tags)
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
-        """Log the deployable model (uint8 pixels in, logits out); returns its models:/ URI."""
+    def log_model(
+        self, model: torch.nn.Module, example: torch.Tensor, code_paths: Sequence[Path] = ()
+    ) -> str:
+        """Log the deployable model (uint8 pixels in, logits out); returns its models:/ URI.
+        `code_paths`: the user's model code, which must travel with it to unpickle elsewhere."""
         model = model.cpu().eval()
         example_np = example.cpu().numpy()
         with torch.no_grad():
@@ -347,12 +370,13 @@ class StageRun:
             signature=infer_signature(example_np, logits),
             input_example=example_np,
             # The package travels with the model, so it loads where `pipeline` is not installed.
-            code_paths=[str(PACKAGE_DIR)],
+            code_paths=[str(PACKAGE_DIR), *map(str, code_paths)],
             # Pinned explicitly: MLflow's inference of requirements re-imports the model in a
             # subprocess, which costs seconds per stage and guesses.
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
                 f"numpy=={np.__version__}",
+                f"torchvision=={torchvision.__version__.split('+')[0]}",  # its models unpickle
             ],
         )
         mlflow.set_tag(MODEL_URI_TAG, info.model_uri)

@@ -1,8 +1,9 @@
 """One fit() for the teacher and for every student.
 
 The loop is method-agnostic: the bound loss function decides what is computed, the teacher's targets
-come from a function (a live frozen teacher, or outputs cached once), and an optional head (the
-regressor's) is trained alongside the model. Convolutions run channels_last, under bf16 autocast
+come from a function (a live frozen teacher, or outputs cached once), and the method's parts (the
+regressor's convolution, say) train alongside the model. The model is a taps.Tapped network, so the
+loss sees the layers it taps. Convolutions run channels_last, under bf16 autocast
 when config.precision says so.
 Images stay uint8 on the training device and are normalised per batch there; batches are drawn by
 index with a generator seeded from `seed`, so runs with the same seed see the same batches in the same
@@ -26,8 +27,9 @@ from pipeline import progress
 from pipeline.data import Normalizer, Split, augment, batch_indices
 from pipeline.errors import UserError
 from pipeline.evaluate import accuracy, predict
-from pipeline.losses import TOTAL, Terms
+from pipeline.losses import TOTAL, Context, Terms
 from pipeline.models import Outputs
+from pipeline.taps import Tapped
 
 CPU = torch.device("cpu")
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -118,7 +120,7 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def live_teacher(teacher: nn.Module, precision: str) -> Targets:
+def live_teacher(teacher: Tapped, precision: str) -> Targets:
     """Targets from running the frozen teacher on each batch (needed when batches are augmented)."""
     device = next(teacher.parameters()).device
     freeze(teacher.to(memory_format=torch.channels_last))
@@ -127,25 +129,25 @@ def live_teacher(teacher: nn.Module, precision: str) -> Targets:
     def targets(idx: torch.Tensor, x: torch.Tensor) -> Outputs:
         with autocast(device, precision):
             out = teacher(x)
-        return Outputs(out.logits.float(), out.features.float())
+        return Outputs(out.logits.float(), {k: v.float() for k, v in out.features.items()})
 
     return targets
 
 
 def cached_teacher(cache: Outputs) -> Targets:
     """Targets looked up by index in outputs computed once (exact without augmentation)."""
-    return lambda idx, x: Outputs(cache.logits[idx], cache.features[idx])
+    return lambda idx, x: Outputs(cache.logits[idx], {k: v[idx] for k, v in cache.features.items()})
 
 
 @torch.no_grad()
 def teacher_outputs(
-    teacher: nn.Module,
+    teacher: Tapped,
     images: torch.Tensor,
     normalize: Normalizer,
     precision: str,
     batch_size: int = 512,
 ) -> Outputs:
-    """The frozen teacher's logits and feature maps for every image (on the images' device)."""
+    """The frozen teacher's logits and tapped layers for every image (on the images' device)."""
     targets = live_teacher(teacher, precision)
     normalize = normalize.to(images.device)
     outs = [
@@ -154,26 +156,27 @@ def teacher_outputs(
     ]
     return Outputs(
         torch.cat([o.logits for o in outs]),
-        torch.cat([o.features for o in outs]).contiguous(),
+        {name: torch.cat([o.features[name] for o in outs]).contiguous() for name in teacher.layers},
     )
 
 
 def fit(
-    model: nn.Module,
+    model: Tapped,
     train: Split,
     loss_fn: Callable[..., Terms],
     config: FitConfig,
     normalize: Normalizer,
     *,
+    num_classes: int,
     targets: Targets | None = None,
-    head: nn.Module | None = None,
+    parts: nn.Module | None = None,
     eval_sets: Mapping[str, Split] | None = None,
     on_epoch: EpochCallback | None = None,
     on_checkpoint: Callable[[LoopState], None] | None = None,
     start: LoopState | None = None,
     desc: str = "train",
 ) -> nn.Module:
-    """Train `model` (and `head`) with Adam on `loss_fn`; returns the trained model.
+    """Train `model` (and the method's `parts`) with Adam on `loss_fn`; returns the trained model.
 
     `targets` gives the teacher's outputs per batch (live_teacher or cached_teacher), None when the
     method needs no teacher. After each epoch `on_epoch(epoch, metrics)` gets the epoch's mean of
@@ -188,8 +191,8 @@ def fit(
     model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
     normalize = normalize.to(device)
     trainable = [*model.parameters()]
-    if head is not None:
-        trainable += head.to(device, memory_format=torch.channels_last).parameters()
+    if parts is not None:
+        trainable += parts.to(device, memory_format=torch.channels_last).parameters()
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
 
     on_device = {
@@ -199,10 +202,10 @@ def fit(
     torch.manual_seed(config.seed)  # dropout masks: the same stream for every variant
     done = 0
     if start is not None:
-        done = _restore(start, model, head, optimizer, order, device)
+        done = _restore(start, model, parts, optimizer, order, device)
         tqdm.write(f"{desc}: resuming after epoch {done}/{config.epochs}")
-    loop = _Loop(model, head, optimizer, loss_fn, targets, normalize, config, order,
-                 Split(train.images.to(device), train.labels.to(device)))  # fmt: skip
+    loop = _Loop(model, parts, optimizer, loss_fn, targets, normalize, config, order,
+                 Split(train.images.to(device), train.labels.to(device)), num_classes)  # fmt: skip
 
     # Closed on any way out, so that an error line starts on a line of its own in a terminal.
     with progress.bar(total=config.epochs * loop.steps, desc=desc, unit="step",
@@ -217,7 +220,7 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
             if on_checkpoint is not None:
-                on_checkpoint(loop_state(epoch, model, head, optimizer, order, device))
+                on_checkpoint(loop_state(epoch, model, parts, optimizer, order, device))
     optimizer.zero_grad(set_to_none=True)  # the returned model carries no stale gradients
     return model.to(memory_format=torch.contiguous_format)
 
@@ -226,8 +229,8 @@ def fit(
 class _Loop:
     """What every training step uses, set up once by fit()."""
 
-    model: nn.Module
-    head: nn.Module | None
+    model: Tapped
+    parts: nn.Module | None
     optimizer: torch.optim.Optimizer
     loss_fn: Callable[..., Terms]
     targets: Targets | None
@@ -235,6 +238,7 @@ class _Loop:
     config: FitConfig
     order: torch.Generator  # batch order (and augmentation)
     train: Split  # on the training device
+    num_classes: int
 
     @property
     def steps(self) -> int:
@@ -257,9 +261,10 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
         batch = augment(images[idx], loop.order) if config.augment else images[idx]
         x, y = loop.normalize(batch).contiguous(memory_format=torch.channels_last), labels[idx]
         teacher_out = loop.targets(idx, x) if loop.targets is not None else None
+        ctx = Context(epoch, idx, loop.num_classes, len(labels))
         with autocast(device, config.precision):
             out = loop.model(x)
-            terms = loop.loss_fn(out, teacher_out, y, loop.head)
+            terms = loop.loss_fn(out, teacher_out, y, loop.parts, ctx)
         loop.optimizer.zero_grad(set_to_none=True)
         terms[TOTAL].backward()
         loop.optimizer.step()
@@ -296,7 +301,7 @@ def _monitored(
 def loop_state(
     epoch: int,
     model: nn.Module,
-    head: nn.Module | None,
+    parts: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     order: torch.Generator,
     device: torch.device,
@@ -305,7 +310,7 @@ def loop_state(
     return {
         "epoch": epoch,
         "model": model.state_dict(),
-        "head": head.state_dict() if head is not None else None,
+        "parts": parts.state_dict() if parts is not None else None,
         "optimizer": optimizer.state_dict(),
         "batch_order_rng": order.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -316,15 +321,15 @@ def loop_state(
 def _restore(
     state: LoopState,
     model: nn.Module,
-    head: nn.Module | None,
+    parts: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     order: torch.Generator,
     device: torch.device,
 ) -> int:
     """Put `state` back into the loop's objects; returns the epoch it was taken after."""
     model.load_state_dict(state["model"])
-    if head is not None:
-        head.load_state_dict(state["head"])
+    if parts is not None:
+        parts.load_state_dict(state["parts"])
     optimizer.load_state_dict(state["optimizer"])
     order.set_state(state["batch_order_rng"])
     torch.set_rng_state(state["torch_rng"])

@@ -21,6 +21,7 @@ from torch import nn
 
 from pipeline import data, files, models
 from pipeline.errors import UserError, one_line
+from pipeline.params import RoleParams
 from pipeline.stages import _outputs
 
 # What the readers raise about a file that is not what it should be: a bad header or missing tensor
@@ -60,21 +61,29 @@ def dataset() -> data.Cifar10:
         return data.load(_outputs.DATA)
 
 
-def weights(arch: str, role: str) -> nn.Module:
-    """The trained network of `role` (teacher-<seed> or <variant>-<seed>)."""
+def weights(spec: RoleParams, role: str, num_classes: int) -> nn.Module:
+    """The trained network of `role` (teacher-<seed> or <variant>-<seed>), a `spec.model`."""
+    net = models.build(spec.model, spec.args, num_classes, 0, "model")
     path = _outputs.model(role)
     with _reading(path, _outputs.stage_of(role), WEIGHTS):
-        return models.load_weights(arch, path)
+        net.load_state_dict(safetensors.torch.load_file(path))
+    return net
 
 
-def teacher_outputs(seed: int, rows: int) -> models.Outputs:
-    """The cached outputs of the teacher of `seed`, which must cover `rows` training images."""
+def teacher_outputs(seed: int, rows: int, layers: list[str]) -> models.Outputs:
+    """The cached outputs of the teacher of `seed`, which must cover `rows` training images and
+    hold the tapped `layers`."""
     path, producer = _outputs.teacher_outputs(seed), f"teacher_outputs@{seed}"
     with _reading(path, producer, SAFETENSORS):
         tensors = safetensors.torch.load_file(path)
-        out = models.Outputs(tensors["logits"], tensors["features"])
-    if len(out.logits) != rows or len(out.features) != rows:
-        raise InputError(out_of_date(path, producer, f"{len(out.logits)} rows for {rows} training "
+        logits = tensors["logits"]
+    missing = [layer for layer in layers if _outputs.LAYER_PREFIX + layer not in tensors]
+    if missing:
+        raise InputError(out_of_date(path, producer, f"no layer {', '.join(missing)}: made for "
+                                                     "other variants"))  # fmt: skip
+    out = models.Outputs(logits, {k: tensors[_outputs.LAYER_PREFIX + k] for k in layers})
+    if any(len(t) != rows for t in (logits, *out.features.values())):
+        raise InputError(out_of_date(path, producer, f"{len(logits)} rows for {rows} training "
                                                      "images: made with other params"))  # fmt: skip
     return out
 
@@ -98,10 +107,11 @@ def json_file(path: Path, producer: str, numbers: tuple[tuple[str, ...], ...] = 
 
 
 def history(path: Path, producer: str) -> list[dict[str, float]]:
-    """The per-epoch record of a training: one object of numbers per epoch, epochs from 1."""
+    """The per-epoch record of a training: one object of numbers per epoch, epochs from 1 (none
+    for a teacher given by teacher.weights, which was not trained here)."""
     with _reading(path, producer, JSON):
         rows = json.loads(path.read_text())
-    epochs_ok = isinstance(rows, list) and rows and all(
+    epochs_ok = isinstance(rows, list) and all(
         isinstance(r, dict) and r.get("epoch") == i and all(map(_is_number, r.values()))
         for i, r in enumerate(rows, 1))  # fmt: skip
     if not epochs_ok:

@@ -29,6 +29,9 @@ def model(role: str) -> Path:
     return folder / f"{role}.safetensors"
 
 
+LAYER_PREFIX = "layer:"  # the key of a tapped layer's outputs in a teacher-outputs file
+
+
 def teacher_outputs(seed: int) -> Path:
     return Path(f"data/teacher_outputs/{seed}.safetensors")
 

@@ -18,8 +18,10 @@ from pipeline.evaluate import accuracy, predict
 from pipeline.losses import Terms
 from pipeline.params import Params
 from pipeline.stages import _inputs, _outputs
+from pipeline.taps import Tapped
 from pipeline.train import FitConfig, LoopState, Targets, fit, resolve_device
 
+CIFAR10 = "cifar10"  # data.source for the CIFAR-10 python archive at data.url
 # Wall-clock figures go to MLflow only: DVC outputs must be the same on every rerun.
 TIMING = ("epoch_seconds",)
 
@@ -54,11 +56,26 @@ def load_dataset(p: Params, seed: int, ds: data.Cifar10 | None = None) -> Datase
     )
 
 
+@dataclass(frozen=True)
+class Teaching:
+    """What a student learns from besides the labels."""
+
+    targets: Targets | None  # the teacher's outputs per batch; None for a method without teacher
+    source: str | None  # how they are computed: "cached" or "live"
+    weights: Path | None  # the teacher's weights file: part of the checkpoint's key
+    parts: nn.Module | None  # the method's adapters or heads: trained with it, never deployed
+
+
+NO_TEACHING = Teaching(None, None, None, None)
+
+
 def common_params(p: Params, seed: int) -> dict[str, Any]:
     """What every model's run logs: the sections that define data and training, and its seed."""
     return {
         "data": {
+            "source": p.data.source,
             "md5": p.data.md5,
+            "image_size": p.data.image_size,
             "train_size": p.data.train_size,
             "test_size": p.data.test_size,
             "val_size": p.data.val_size,
@@ -76,14 +93,12 @@ def train_and_record(
     seed: int,
     p: Params,
     ds: Dataset,
-    net: nn.Module,
+    net: Tapped,
     loss_fn: Callable[..., Terms],
     epochs: int,
     run_params: dict[str, Any],
-    targets: Targets | None = None,
-    teacher_source: str | None = None,
-    teacher_weights: Path | None = None,
-    head: nn.Module | None = None,
+    code_paths: list[Path],
+    teaching: Teaching = NO_TEACHING,
     augment: bool = False,
 ) -> None:
     """Fit `net`, log the run to MLflow, then write the DVC outputs of `role` (together and last,
@@ -91,9 +106,10 @@ def train_and_record(
 
     After every epoch the training is checkpointed (see pipeline/checkpoint.py); a rerun after an
     interruption resumes after the last complete epoch, copies the earlier epochs' metrics into its
-    run and records which run it resumed from. `teacher_weights`, the file of the teacher whose
-    targets a student learns from, is part of what a checkpoint must match (its cached outputs
-    follow from it, the params and the code, which the checkpoint's key covers too).
+    run and records which run it resumed from. The file of the teacher whose targets a student
+    learns from is part of what a checkpoint must match (its cached outputs follow from it, the
+    params and the code, which the checkpoint's key covers too). `code_paths` travel with the
+    logged model (a user's model code).
 
     Without a validation split (the tutorial's protocol) the model is the last epoch's and the test
     accuracy is monitored every epoch. With one, only validation accuracy is monitored, the model is
@@ -110,22 +126,23 @@ def train_and_record(
                        p.train.precision, augment)  # fmt: skip
     monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
     data_md5 = files.md5(_outputs.DATA.read_bytes())
-    saved_to = _checkpoint(stage, role, run_params, data_md5, teacher_weights)
+    saved_to = _checkpoint(stage, role, run_params, data_md5, teaching.weights)
     resumed = saved_to.load()
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
         tags = {"device": str(device), "precision": p.train.precision, "data.file_md5": data_md5}
-        run.set_tags(tags | ({"teacher_outputs": teacher_source} if teacher_source else {}))
-        epochs_of = _Recorder(run, saved_to, net, ds.val is not None, resumed)
+        run.set_tags(tags | ({"teacher_outputs": teaching.source} if teaching.source else {}))
+        epochs_of = _Recorder(run, saved_to, net.net, ds.val is not None, resumed)
         _record_inputs(run, p, ds, resumed, epochs_of.history)
         started = time.perf_counter()
-        fit(net, ds.train, loss_fn, config, normalize, targets=targets, head=head,
-            eval_sets=monitored, on_epoch=epochs_of.epoch, on_checkpoint=epochs_of.checkpoint,
+        fit(net, ds.train, loss_fn, config, normalize, num_classes=len(ds.classes),
+            targets=teaching.targets, parts=teaching.parts, eval_sets=monitored,
+            on_epoch=epochs_of.epoch, on_checkpoint=epochs_of.checkpoint,
             start=resumed["loop"] if resumed else None, desc=stage)  # fmt: skip
-        summary = _summary(net, ds, epochs_of.best, normalize, device)
+        summary = _summary(net.net, ds, epochs_of.best, normalize, device)
         # The per-epoch metrics are already in the run (MLflow shows their last value); add the rest.
         run.log_metrics({**summary, "train_seconds": time.perf_counter() - started})
-        deployable = models.Classifier(net, normalize)
-        _record_outputs(run, outputs, role, deployable, ds, epochs_of.history, summary)
+        deployable = models.Classifier(net.net, normalize)
+        record_outputs(run, outputs, role, deployable, ds, epochs_of.history, summary, code_paths)
     saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
 
 
@@ -159,7 +176,9 @@ def _record_inputs(
 ) -> None:
     """The dataset as the run's input; when resuming, where from and the earlier epochs' curves."""
     sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
-    run.log_dataset(p.data.url, p.data.md5, sizes | ({"val": len(ds.val.labels)} if ds.val else {}))
+    data_md5 = p.data.md5 or files.md5(_outputs.DATA.read_bytes())  # an unpinned image folder
+    where = p.data.url if p.data.source == CIFAR10 else p.data.source
+    run.log_dataset(where, data_md5, sizes | ({"val": len(ds.val.labels)} if ds.val else {}))
     if resumed:
         run.record_resume(resumed["run_id"], resumed["loop"]["epoch"])
         for row in history:  # the curves of this run start at epoch 1 too
@@ -180,7 +199,7 @@ def _summary(
     return summary
 
 
-def _record_outputs(
+def record_outputs(
     run: tracking.StageRun,
     outputs: files.OutputSet,
     role: str,
@@ -188,18 +207,32 @@ def _record_outputs(
     ds: Dataset,
     history: list[dict],
     summary: dict[str, float],
+    code_paths: list[Path],
 ) -> None:
     """Log the model, then write the DVC outputs of `role`, together."""
     weights = models.weights_bytes(deployable.net)
     # The weights' MD5 is the hash dvc.lock records for the model file: it links each DVC
     # output to the run (and logged model) that produced it.
     run.tag_weights(files.md5(weights))
-    run.log_model(deployable, ds.test.images[:2])
-    final = {**{k: v for k, v in history[-1].items() if k != "epoch"}, **summary}
+    run.log_model(deployable, ds.test.images[:2], code_paths)
+    last = history[-1] if history else {}  # no epochs: a teacher given by teacher.weights
+    final = {**{k: v for k, v in last.items() if k != "epoch"}, **summary}
     with outputs.commit() as staged:
         staged.write_bytes(_outputs.model(role), weights)
         staged.write_json(_outputs.train_metrics(role), final)
         staged.write_json(_outputs.train_history(role), history)
+
+
+def evaluated(net: nn.Module, p: Params, ds: Dataset) -> tuple[models.Classifier, dict]:
+    """A network that was not trained here (a given teacher): its deployable form, and what a
+    training run records after its last epoch (fp32 test and validation accuracy, parameters)."""
+    device = resolve_device(p.train.device)
+    normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
+    summary = {"parameters": models.count_parameters(net),
+               "test_accuracy": _test_accuracy(net, ds.test, normalize, device)}  # fmt: skip
+    if ds.val is not None:
+        summary["val_accuracy"] = _test_accuracy(net, ds.val, normalize, device)
+    return models.Classifier(net.cpu(), normalize.cpu()), summary
 
 
 def _checkpoint(

@@ -1,22 +1,29 @@
-"""Stage `distill@<variant>-<seed>`: train LightNN with the variant's method from params.yaml
-`variants`, with one of the `seeds`.
+"""Stage `distill@<variant>-<seed>`: train the student.model with the variant's method from
+params.yaml `variants`, with one of the `seeds`.
 
-Reads data.{train,test,val}_size, normalize, train, student, variants.<variant>, teacher.seeds and,
-when the method needs a teacher, the cached outputs of its teacher (the one of the same seed, else
-the first; with augmentation, its weights, to run it live). For one seed every variant starts from
-the same initial weights and sees the same batches in the same order, so variants are paired.
+Reads data.*, normalize, train, student, teacher, variants.<variant> and, when the method needs a
+teacher, the cached outputs of its teacher (the one of the same seed, else the first; with
+augmentation, its weights, to run it live). For one seed every variant starts from the same initial
+weights and sees the same batches in the same order, so variants are paired.
 """
 
 from __future__ import annotations
 
-from pipeline import losses, models, params
-from pipeline.stages import _inputs, _outputs
-from pipeline.stages._cli import UsageError, run, seed_argument
-from pipeline.stages._training import Dataset, common_params, load_dataset, train_and_record
-from pipeline.stages.train_teacher import ARCH as TEACHER_ARCH
-from pipeline.train import Targets, cached_teacher, live_teacher, resolve_device
+from torch import nn
 
-ARCH = "LightNN"
+from pipeline import losses, models, params
+from pipeline.stages import _inputs, _networks, _outputs
+from pipeline.stages._cli import UsageError, run, seed_argument
+from pipeline.stages._training import (
+    NO_TEACHING,
+    Dataset,
+    Teaching,
+    common_params,
+    load_dataset,
+    train_and_record,
+)
+from pipeline.taps import Tapped
+from pipeline.train import Targets, cached_teacher, live_teacher, resolve_device
 
 
 def main(p: params.Params, args: list[str]) -> None:
@@ -25,27 +32,29 @@ def main(p: params.Params, args: list[str]) -> None:
                          "params.yaml)")  # fmt: skip
     variant = p.variant(args[0])
     seed = seed_argument(args, p.seeds, "seeds")
-    method = losses.get(variant.method)
     role = _outputs.student_role(variant.name, seed)
     ds = load_dataset(p, seed)
-    targets, source, teacher_weights = None, None, None
-    if method.needs_teacher:
-        targets, source = teacher_targets(p, variant, seed, ds)
-        teacher_weights = _outputs.model(_outputs.teacher_role(p.teacher_seed(seed)))
+    teacher = _teacher(p, seed, ds) if losses.get(variant.method).needs_teacher else None
+    student = _networks.build(p.student, "student", ds, seed)  # the same for every variant
+    # Right after the student, as the tutorial makes its regressor: the parts' initial weights
+    # come from the same random stream for every run of this seed.
+    teaching = _teaching(p, variant, seed, ds, student, teacher)
     train_and_record(
         stage=_outputs.stage_of(role),
         role=role,
         seed=seed,
         p=p,
         ds=ds,
-        net=models.build(ARCH, seed),
+        net=Tapped(student, _networks.layers(variant, "student").values()),
         loss_fn=losses.bind(variant.method, variant.kwargs),
         epochs=p.student.epochs,
         run_params={
             **common_params(p, seed),
-            "student": vars(p.student),
+            "student": {"epochs": p.student.epochs, "model": p.student.model,
+                        "model_args": p.student.args},  # fmt: skip
             "teacher_seed": p.teacher_seed(seed),
-            "model": ARCH,
+            "teacher_model": p.teacher.model,
+            "model": p.student.model,
             "variant": {
                 "name": variant.name,
                 "method": variant.method,
@@ -53,28 +62,43 @@ def main(p: params.Params, args: list[str]) -> None:
                 **variant.kwargs,
             },
         },
-        targets=targets,
-        teacher_source=source,
-        teacher_weights=teacher_weights,
-        head=method.make_head() if method.make_head else None,
+        code_paths=models.code_paths(p.student.model),
+        teaching=teaching,
         augment=variant.augment,
     )
 
 
-def teacher_targets(
-    p: params.Params, variant: params.Variant, seed: int, ds: Dataset
-) -> tuple[Targets, str]:
+def _teacher(p: params.Params, seed: int, ds: Dataset) -> nn.Module:
+    """The trained teacher of this seed's students, on the training device."""
+    role = _outputs.teacher_role(p.teacher_seed(seed))
+    return _inputs.weights(p.teacher, role, len(ds.classes)).to(resolve_device(p.train.device))
+
+
+def _teaching(p: params.Params, variant: params.Variant, seed: int, ds: Dataset,
+              student: nn.Module, teacher: nn.Module | None) -> Teaching:  # fmt: skip
+    if teacher is None:
+        return NO_TEACHING
+    parts = _networks.parts(variant, student, teacher, p, ds)
+    targets, source = teacher_targets(p, variant, seed, ds, teacher)
+    weights = _outputs.model(_outputs.teacher_role(p.teacher_seed(seed)))
+    return Teaching(targets, source, weights, parts)
+
+
+def teacher_targets(p: params.Params, variant: params.Variant, seed: int, ds: Dataset,
+                    teacher: nn.Module) -> tuple[Targets, str]:  # fmt: skip
     """The cached outputs of this seed's teacher; the live teacher when augmentation changes the
     images. The teacher's weights are read either way: they are part of the checkpoint's key."""
     device = resolve_device(p.train.device)
-    teacher_seed = p.teacher_seed(seed)
-    teacher = _inputs.weights(TEACHER_ARCH, _outputs.teacher_role(teacher_seed)).to(device)
+    layers = list(_networks.layers(variant, "teacher").values())
     if variant.augment:
         print("augmentation is on, so the teacher runs live on every batch (not cached)")
-        return live_teacher(teacher, p.train.precision), "live"
-    cache = _inputs.teacher_outputs(teacher_seed, rows=len(ds.train_indices) + _held_out(ds))
+        return live_teacher(Tapped(teacher, layers), p.train.precision), "live"
+    teacher_seed = p.teacher_seed(seed)
+    cache = _inputs.teacher_outputs(teacher_seed, len(ds.train_indices) + _held_out(ds), layers)
     rows = ds.train_indices  # this seed's training split, in the order fit() indexes it
-    outputs = models.Outputs(cache.logits[rows].to(device), cache.features[rows].to(device))
+    outputs = models.Outputs(
+        cache.logits[rows].to(device), {k: v[rows].to(device) for k, v in cache.features.items()}
+    )
     return cached_teacher(outputs), "cached"
 
 

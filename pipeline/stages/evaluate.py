@@ -25,8 +25,6 @@ from pipeline.evaluate import accuracy, latency_ms, predict, quality, throughput
 from pipeline.stages import _inputs, _outputs
 from pipeline.stages._cli import no_arguments, run
 from pipeline.stages._training import Dataset, load_dataset
-from pipeline.stages.distill import ARCH as STUDENT_ARCH
-from pipeline.stages.train_teacher import ARCH as TEACHER_ARCH
 from pipeline.train import resolve_device
 
 LATENCY_WARMUP, THROUGHPUT_WARMUP, THROUGHPUT_BATCH = 20, 2, 256
@@ -35,7 +33,7 @@ LATENCY_WARMUP, THROUGHPUT_WARMUP, THROUGHPUT_BATCH = 20, 2, 256
 class ModelRef(NamedTuple):
     role: str
     where: tuple[str, ...]  # where its metrics go: ("teacher", seed) or ("students", variant, seed)
-    arch: str
+    spec: params.RoleParams  # the model it is: p.teacher or p.student
     seed: int
     teacher_role: str | None  # whose predictions its agreement is measured against
 
@@ -49,7 +47,8 @@ def main(p: params.Params, args: list[str]) -> None:
     outputs.check()
     full = _inputs.dataset()  # read once; each seed only selects its split of it
     datasets = {seed: load_dataset(p, seed, full) for seed in {*p.seeds, *p.teacher.seeds}}
-    nets = {m.role: _inputs.weights(m.arch, m.role) for m in refs}  # all read before any work
+    num_classes = len(full.classes)
+    nets = {m.role: _inputs.weights(m.spec, m.role, num_classes) for m in refs}  # all, before work
     evaluation: dict = {"teacher": {}, "students": {name: {} for name in p.variants}}
     speed: dict = {"teacher": {}, "students": {name: {} for name in p.variants}}
     logits: dict[str, torch.Tensor] = {}
@@ -84,11 +83,11 @@ def main(p: params.Params, args: list[str]) -> None:
 def models_to_evaluate(p: params.Params) -> list[ModelRef]:
     """Every teacher, then every student; a student's teacher comes before it."""
     teachers = [
-        ModelRef(_outputs.teacher_role(s), ("teacher", str(s)), TEACHER_ARCH, s, None)
+        ModelRef(_outputs.teacher_role(s), ("teacher", str(s)), p.teacher, s, None)
         for s in p.teacher.seeds
     ]
     students = [
-        ModelRef(_outputs.student_role(v, s), ("students", v, str(s)), STUDENT_ARCH, s,
+        ModelRef(_outputs.student_role(v, s), ("students", v, str(s)), p.student, s,
                  _outputs.teacher_role(p.teacher_seed(s)))
         for v in p.variants for s in p.seeds
     ]  # fmt: skip
@@ -120,12 +119,15 @@ def _evaluate(
 def _used(p: params.Params) -> dict:
     """The params this stage reads, as its run records them."""
     return {
-        "data": {"md5": p.data.md5, "test_size": p.data.test_size, "val_size": p.data.val_size},
+        "data": {"source": p.data.source, "md5": p.data.md5, "image_size": p.data.image_size,
+                 "test_size": p.data.test_size, "val_size": p.data.val_size},  # fmt: skip
         "normalize": {"mean": p.normalize.mean, "std": p.normalize.std},
         "train": {"device": p.train.device},
         "evaluate": vars(p.evaluate),
         "seeds": list(p.seeds),
-        "teacher": {"seeds": list(p.teacher.seeds)},
+        "teacher": {"seeds": list(p.teacher.seeds), "model": p.teacher.model,
+                    "model_args": p.teacher.args},
+        "student": {"model": p.student.model, "model_args": p.student.args},
         "variants": list(p.variants),
     }
 

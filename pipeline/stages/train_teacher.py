@@ -1,34 +1,67 @@
-"""Stage `train_teacher@<seed>`: DeepNN with cross-entropy, one per entry of teacher.seeds. Reads
-data.{train,test,val}_size, normalize, train, teacher.epochs (and, undeclared, mlflow.experiment and
-data.url: they change where things are recorded or fetched from, not what is computed)."""
+"""Stage `train_teacher@<seed>`: the teacher.model with cross-entropy, one per entry of
+teacher.seeds; or, when teacher.weights names a teacher already trained, that one, checked and
+evaluated, with no training. Reads data.{source,md5,image_size,train_size,test_size,val_size},
+normalize, train and teacher (and, undeclared, mlflow.experiment and data.url: they change where
+things are recorded or fetched from, not what is computed)."""
 
 from __future__ import annotations
 
-from pipeline import losses, models, params
-from pipeline.stages import _outputs
+from pipeline import files, losses, models, params, tracking
+from pipeline.stages import _networks, _outputs
 from pipeline.stages._cli import run, seed_argument
-from pipeline.stages._training import common_params, load_dataset, train_and_record
-
-ARCH = "DeepNN"
+from pipeline.stages._training import (
+    Dataset,
+    common_params,
+    evaluated,
+    load_dataset,
+    record_outputs,
+    train_and_record,
+)
+from pipeline.taps import Tapped
 
 
 def main(p: params.Params, args: list[str]) -> None:
     seed = seed_argument(args, p.teacher.seeds, "teacher.seeds")
+    ds = load_dataset(p, seed)
+    run_params = {
+        **common_params(p, seed),
+        "teacher": {"epochs": p.teacher.epochs, "weights": p.teacher.weights},
+        "model": p.teacher.model,
+        "model_args": p.teacher.args,
+    }
+    if p.teacher.weights is not None:
+        adopt(p, seed, ds, run_params)
+        return
     train_and_record(
         stage=f"train_teacher@{seed}",
         role=_outputs.teacher_role(seed),
         seed=seed,
         p=p,
-        ds=load_dataset(p, seed),
-        net=models.build(ARCH, seed),
+        ds=ds,
+        net=Tapped(_networks.build(p.teacher, "teacher", ds, seed)),
         loss_fn=losses.bind("ce", {}),
         epochs=p.teacher.epochs,
-        run_params={
-            **common_params(p, seed),
-            "teacher": {"epochs": p.teacher.epochs},
-            "model": ARCH,
-        },
+        run_params=run_params,
+        code_paths=models.code_paths(p.teacher.model),
     )
+
+
+def adopt(p: params.Params, seed: int, ds: Dataset, run_params: dict) -> None:
+    """A teacher trained elsewhere: loaded into teacher.model, evaluated like a trained one, and
+    written where a trained one would be, with where it came from as params and tags."""
+    stage, role = f"train_teacher@{seed}", _outputs.teacher_role(seed)
+    outputs = files.OutputSet(
+        [_outputs.model(role), _outputs.train_metrics(role), _outputs.train_history(role)]
+    )
+    outputs.check()
+    net, origin = _networks.pretrained(p.teacher, ds, seed)
+    print(f"{stage}: no training; the teacher is {p.teacher.weights}")
+    with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as r:
+        r.set_tags(origin)
+        deployable, summary = evaluated(net, p, ds)
+        r.log_metrics(summary)
+        record_outputs(r, outputs, role, deployable, ds, [], summary,
+                       models.code_paths(p.teacher.model))  # fmt: skip
 
 
 if __name__ == "__main__":

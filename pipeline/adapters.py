@@ -1,0 +1,66 @@
+"""Trainable or shape-matching parts that feature-based methods put between a student's and a
+teacher's tapped layers, built from the layers' traced shapes (without the batch dimension), so a
+method works for any pair of models. They train with the student and are never deployed."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models import ModelError
+
+
+class FlatMatch(nn.Module):
+    """Both maps flattened, the longer average-pooled down to the length of the shorter: in equal
+    groups when one length divides the other (the tutorial's 2048 -> 1024, adjacent pairs), else
+    adaptively."""
+
+    def __init__(self, student: torch.Size, teacher: torch.Size):
+        super().__init__()
+        self.length = min(math.prod(student), math.prod(teacher))
+
+    def forward(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _pool_to(torch.flatten(s, 1), self.length), _pool_to(torch.flatten(t, 1), self.length)
+
+
+def _pool_to(x: torch.Tensor, length: int) -> torch.Tensor:
+    if x.shape[1] == length:
+        return x
+    if x.shape[1] % length == 0:
+        return F.avg_pool1d(x.unsqueeze(1), x.shape[1] // length).squeeze(1)
+    return F.adaptive_avg_pool1d(x.unsqueeze(1), length).squeeze(1)
+
+
+class Resize(nn.Module):
+    """A feature map resized to the teacher's height and width: average-pooled when it is larger
+    in both, else interpolated bilinearly."""
+
+    def __init__(self, size: tuple[int, int]):
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] >= self.size[0] and x.shape[-1] >= self.size[1]:
+            return F.adaptive_avg_pool2d(x, self.size)
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+
+def hint_regressor(student: torch.Size, teacher: torch.Size, where: str) -> nn.Module:
+    """FitNets' regressor: a 3x3 convolution from the student's channels to the teacher's, then a
+    resize when their spatial sizes differ (the tutorial's pair needs none: 16x8x8 -> 32x8x8)."""
+    for role, shape in (("student", student), ("teacher", teacher)):
+        if len(shape) != 3:
+            raise ModelError(f"{where}: the {role} layer gives {_shown(shape)} per image, and a "
+                             "regressor needs C x H x W feature maps; tap a convolutional "
+                             "layer")  # fmt: skip
+    conv = nn.Conv2d(student[0], teacher[0], kernel_size=3, padding=1)
+    if student[1:] == teacher[1:]:
+        return conv
+    return nn.Sequential(conv, Resize(teacher[1:]))
+
+
+def _shown(shape: torch.Size) -> str:
+    return " x ".join(map(str, shape)) or "a scalar"

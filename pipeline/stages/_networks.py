@@ -1,0 +1,88 @@
+"""The teacher and the student that params.yaml names: built, loaded and checked before any
+training, each problem one line that names the key to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import safetensors
+from torch import nn
+
+from pipeline import files, losses, models, taps, tracking
+from pipeline.params import Params, RoleParams, Variant
+from pipeline.stages._training import Dataset
+
+
+def build(role: RoleParams, key: str, ds: Dataset, seed: int) -> nn.Module:
+    """A fresh `key` ("teacher" or "student") network for `ds`, checked to give its logits."""
+    net = models.build(role.model, role.args, len(ds.classes), seed, f"{key}.model")
+    taps.trace(net, (), image_shape(ds), len(ds.classes), f"{key}.model {role.model}")
+    return net
+
+
+def image_shape(ds: Dataset) -> tuple[int, ...]:
+    return tuple(ds.test.images.shape[1:])
+
+
+def layers(variant: Variant, side: str) -> dict[str, str]:
+    """The layers `variant` taps on one side ("student" or "teacher"): key path -> module path."""
+    return {f"variants.{variant.name}.{key}": variant.kwargs[key]
+            for key in losses.layers(variant.method) if key.startswith(side)}  # fmt: skip
+
+
+def parts(variant: Variant, student: nn.Module, teacher: nn.Module | None, p: Params,
+          ds: Dataset) -> nn.Module | None:  # fmt: skip
+    """The method's adapters, built from the traced shapes of the layers the variant taps (after
+    checking that both models have them)."""
+    method = losses.get(variant.method)
+    if method.make_parts is None:
+        return None
+    shapes = {}
+    for side, net, role in (("student", student, p.student), ("teacher", teacher, p.teacher)):
+        tapped = layers(variant, side)
+        taps.check_layers(net, tapped, f"{side}.model {role.model}")
+        traced = taps.trace(net, tapped.values(), image_shape(ds), len(ds.classes),
+                            f"{side}.model {role.model}")  # fmt: skip
+        shapes |= {where.rsplit(".", 1)[-1]: traced[layer] for where, layer in tapped.items()}
+    return method.make_parts(shapes, f"variants.{variant.name}")
+
+
+def teacher_layers(p: Params) -> list[str]:
+    """Every teacher layer that a variant reads from the cached outputs (augmenting ones run the
+    teacher live), each once: what the teacher_outputs stage stores besides the logits."""
+    found = [layer for v in p.variants.values() if not v.augment
+             for layer in layers(v, "teacher").values()]  # fmt: skip
+    return list(dict.fromkeys(found))
+
+
+def pretrained(role: RoleParams, ds: Dataset, seed: int) -> tuple[nn.Module, dict[str, str]]:
+    """The teacher that teacher.weights names, loaded into teacher.model, and where it came from
+    (tags: the file's MD5, or the registry URI)."""
+    source = role.weights
+    if source.startswith("models:/"):
+        loaded = tracking.load_registered(source)
+        # The deployable form logged by this pipeline wraps the network (as `net`); its class is
+        # MLflow's copy of models.Classifier, so it is recognised by that attribute.
+        state = getattr(loaded, "net", loaded).state_dict()
+        origin = {"teacher.weights_uri": source}
+    else:
+        state = _state_from_file(Path(source))
+        origin = {"teacher.weights_md5": files.md5(Path(source).read_bytes())}
+    net = build(role, "teacher", ds, seed)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        raise models.ModelError(f"teacher.weights = {source!r} do not fit teacher.model "
+                                f"{role.model} ({' '.join(str(e).split())[:300]}); set "
+                                "teacher.model and its args to the network these weights are "
+                                "for") from None  # fmt: skip
+    return net, origin | {"teacher.weights": source}
+
+
+def _state_from_file(path: Path) -> dict:
+    try:
+        return models.load_state(path)
+    except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise models.ModelError(f"teacher.weights = {str(path)!r} cannot be read as weights "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); give a "
+                                ".safetensors file or a PyTorch state dict") from None  # fmt: skip
