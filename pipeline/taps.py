@@ -37,11 +37,17 @@ class Tapped(nn.Module):
         finally:
             for hook in hooks:
                 hook.remove()
+        unused = [name for name in self.layers if name not in seen]
+        if unused:
+            raise ModelError(f"layer {', '.join(unused)} does not run in the forward pass (in "
+                             f"{'training' if self.net.training else 'eval'} mode); tap another")  # fmt: skip
         return Outputs(logits_of(out), {name: seen[name] for name in self.layers})
 
 
 def _keep(seen: dict, name: str, module: nn.Module, inputs, output) -> None:
-    seen[name] = output
+    # A copy: an in-place op after the layer (ResNet's ReLU(inplace=True) after bn1) would
+    # otherwise change the kept tensor to what that op made of it.
+    seen[name] = output.clone() if isinstance(output, torch.Tensor) else output
 
 
 def check_layers(net: nn.Module, layers: Mapping[str, str], model: str) -> None:
@@ -69,6 +75,8 @@ def trace(net: nn.Module, layers: Iterable[str], image_shape: tuple[int, ...], n
         device = next(net.parameters(), torch.empty(0)).device
         try:
             out = Tapped(net, layers)(torch.zeros(2, *image_shape, device=device))
+        except ModelError as e:
+            raise ModelError(f"{model}: {e}") from None
         except Exception as e:
             raise ModelError(f"{model} fails on {'x'.join(map(str, image_shape))} images "
                              f"({type(e).__name__}: {e}); pick a model for this image size, "
