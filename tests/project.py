@@ -67,16 +67,17 @@ def write_params(path: Path, changes: dict, source: Path = ROOT / "params.yaml")
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def copy_project(path: Path, archive: Path, **params) -> Project:
+def copy_project(path: Path, archive: Path, per_batch: int = 40, **params) -> Project:
     """The committed (and untracked, not ignored) files of this checkout copied to `path`, set to
-    read a tiny archive made at `archive`, with `params` changed, committed in a new repository."""
+    read a tiny archive made at `archive` (`per_batch` images per batch file), with `params`
+    changed, committed in a new repository."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     for name in files:
         if (ROOT / name).is_file():
             (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, path / name)
-    md5 = make_archive(archive, per_batch=40)
+    md5 = make_archive(archive, per_batch=per_batch)
     p = Project(path)
     p.set_params(data__url=archive.as_uri(), data__md5=md5, **params)
     p.run("git", "init", "-q")

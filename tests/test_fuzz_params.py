@@ -167,6 +167,8 @@ SEED_LISTS = st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=3, unique=
 # (path, in-range values): the time-costly ones (epochs, sizes, iterations) drawn small.
 VALID = [
     (("teacher", "epochs"), st.integers(1, 2)),
+    (("teacher", "model"), st.sampled_from(["DeepNN", "LightNN"])),
+    (("student", "model"), st.sampled_from(["DeepNN", "LightNN"])),
     (("student", "epochs"), st.integers(1, 2)),
     (("train", "batch_size"), st.integers(1, 512)),
     (("train", "lr"), st.floats(1e-5, 1e-1)),
@@ -284,6 +286,10 @@ def new_variant(draw, doc):
     method = draw(st.sampled_from(list(losses.METHODS)))
     spec: dict[str, Any] = {"method": method}
     for key in method_parameters(method):
+        if key in losses.LAYER_KEYS:  # a module path: the built-ins' conv stack, or left to default
+            if draw(st.booleans()):
+                spec[key] = "features"
+            continue
         spec[key] = draw(st.floats(0.5, 8) if key == "temperature" else st.floats(0, 1))
     if draw(st.booleans()):
         spec["augment"] = draw(st.booleans())
@@ -518,7 +524,7 @@ FOUND = [
      r"params\.yaml is nested too deeply to read; look for a run of unclosed '\[' or '\{'$"),
     ("unknown keys 4 and null", lambda: replaced("data:\n", "data:\n  4: 1\n  null: 2\n"),
      r"data\.4: unknown key; allowed keys are url, md5, train_size, test_size, val_size, "
-     "timeout_s$"),
+     "timeout_s, source, image_size$"),
     ("unknown keys null and text", lambda: replaced("train:\n", "train:\n  null: 1\n  foo: 2\n"),
      r"train\.None: unknown key; allowed keys are batch_size, lr, device, precision$"),
     ("lr = 10**400", lambda: with_values(train__lr=BIG),
@@ -559,5 +565,6 @@ def test_a_huge_integer_parameter_reaches_torch_as_a_float():
     and the distill stage failed on it with OverflowError before losses.bind bound floats. (Found
     from the fuzzer's accepted files by hand: its smoke stage, train_teacher, uses no variant.)"""
     loss = losses.bind("kd", {"temperature": 2, "distill_weight": 10**20, "ce_weight": 1})
-    out = models.Outputs(torch.zeros(2, 10), torch.zeros(2, 16, 8, 8))
-    assert torch.isfinite(loss(out, out, torch.tensor([0, 1]), None)["loss"])
+    out = models.Outputs(torch.zeros(2, 10), {})
+    ctx = losses.Context(epoch=1, indices=torch.arange(2), num_classes=10, dataset_size=2)
+    assert torch.isfinite(loss(out, out, torch.tensor([0, 1]), None, ctx)["loss"])

@@ -10,8 +10,15 @@ import safetensors.torch
 import torch
 
 from pipeline import models
+from pipeline.params import RoleParams
 from pipeline.stages import _inputs
 from pipeline.stages._inputs import InputError
+
+STUDENT = RoleParams(epochs=1, model="LightNN")  # as params.yaml's student section reads
+
+
+def weights_of(name: str) -> bytes:
+    return models.weights_bytes(models.build(name, {}, 10, 0, "model"))
 
 
 @pytest.fixture
@@ -23,7 +30,7 @@ def project(tmp_path, monkeypatch):
 
 def test_a_missing_input_names_the_stage_that_makes_it(project):
     with pytest.raises(InputError) as e:
-        _inputs.weights("LightNN", "kd-42")
+        _inputs.weights(STUDENT, "kd-42", 10)
     assert str(e.value) == (
         "models/students/kd-42.safetensors is missing; make it with `dvc repro distill@kd-42`"
     )
@@ -31,9 +38,9 @@ def test_a_missing_input_names_the_stage_that_makes_it(project):
 
 def test_a_truncated_model_is_damaged_and_restorable(project):
     path = project / "models/students/kd-42.safetensors"
-    path.write_bytes(models.weights_bytes(models.build("LightNN", 0))[:1000])
+    path.write_bytes(weights_of("LightNN")[:1000])
     with pytest.raises(InputError) as e:
-        _inputs.weights("LightNN", "kd-42")
+        _inputs.weights(STUDENT, "kd-42", 10)
     assert str(e.value).startswith(
         "models/students/kd-42.safetensors is damaged (SafetensorError: "
     )
@@ -45,34 +52,57 @@ def test_a_truncated_model_is_damaged_and_restorable(project):
 
 def test_weights_of_another_network_are_damaged(project):
     path = project / "models/students/kd-42.safetensors"
-    path.write_bytes(models.weights_bytes(models.build("DeepNN", 0)))
+    path.write_bytes(weights_of("DeepNN"))
     with pytest.raises(InputError, match=r"is damaged \(RuntimeError: Error\(s\) in loading"):
-        _inputs.weights("LightNN", "kd-42")
+        _inputs.weights(STUDENT, "kd-42", 10)
+    # The same file is read as the network it is for, with as many classes as the data has.
+    path.write_bytes(weights_of("LightNN"))
+    net = _inputs.weights(STUDENT, "kd-42", 10)
+    assert isinstance(net, models.LightNN) and models.count_parameters(net) == 267_738
+    with pytest.raises(InputError, match=r"is damaged \(RuntimeError: Error\(s\) in loading"):
+        _inputs.weights(STUDENT, "kd-42", 3)  # a student of 3 classes
 
 
 def test_a_bug_while_reading_is_not_called_damage(project, monkeypatch):
     path = project / "models/students/kd-42.safetensors"
-    path.write_bytes(models.weights_bytes(models.build("LightNN", 0)))
+    path.write_bytes(weights_of("LightNN"))
 
-    def buggy(arch, path):
-        raise TypeError("load_weights() got an unexpected keyword argument")
+    def buggy(*args, **kwargs):
+        raise TypeError("load_file() got an unexpected keyword argument")
 
-    monkeypatch.setattr(models, "load_weights", buggy)
+    monkeypatch.setattr(safetensors.torch, "load_file", buggy)
     with pytest.raises(TypeError):  # left to the guard, which reports it as a bug
-        _inputs.weights("LightNN", "kd-42")
+        _inputs.weights(STUDENT, "kd-42", 10)
 
 
 def test_teacher_outputs_for_another_training_set_are_out_of_date(project):
     path = project / "data/teacher_outputs/42.safetensors"
     path.parent.mkdir(parents=True)
     safetensors.torch.save_file(
-        {"logits": torch.zeros(5, 10), "features": torch.zeros(5, 32, 8, 8)}, path
+        {"logits": torch.zeros(5, 10), "layer:features": torch.zeros(5, 32, 8, 8)}, path
     )
     with pytest.raises(InputError) as e:
-        _inputs.teacher_outputs(42, rows=200)
+        _inputs.teacher_outputs(42, rows=200, layers=["features"])
     assert str(e.value) == (
         "data/teacher_outputs/42.safetensors is out of date (5 rows for 200 training images: made "
         "with other params); make it again with `dvc repro -f teacher_outputs@42`"
+    )
+    out = _inputs.teacher_outputs(42, rows=5, layers=["features"])
+    assert out.logits.shape == (5, 10) and out.features["features"].shape == (5, 32, 8, 8)
+    assert _inputs.teacher_outputs(42, rows=5, layers=[]).features == {}  # kd reads the logits
+
+
+def test_teacher_outputs_without_a_layer_a_variant_taps_are_out_of_date(project):
+    path = project / "data/teacher_outputs/42.safetensors"
+    path.parent.mkdir(parents=True)
+    safetensors.torch.save_file(
+        {"logits": torch.zeros(5, 10), "layer:features": torch.zeros(5, 32, 8, 8)}, path
+    )
+    with pytest.raises(InputError) as e:
+        _inputs.teacher_outputs(42, rows=5, layers=["features", "layer3"])
+    assert str(e.value) == (
+        "data/teacher_outputs/42.safetensors is out of date (no layer layer3: made for other "
+        "variants); make it again with `dvc repro -f teacher_outputs@42`"
     )
 
 
@@ -97,7 +127,7 @@ def test_metrics_must_hold_the_numbers_the_report_reads(project, content, says):
 
 @pytest.mark.parametrize(
     "rows",
-    [[], [{"epoch": 1, "train_loss": "nan"}], [{"epoch": 2, "train_loss": 1.0}], {"epoch": 1}],
+    [[{"epoch": 1, "train_loss": "nan"}], [{"epoch": 2, "train_loss": 1.0}], {"epoch": 1}, None],
 )
 def test_a_history_is_one_object_of_numbers_per_epoch(project, rows):
     path = Path("kd-42.json")
@@ -106,3 +136,5 @@ def test_a_history_is_one_object_of_numbers_per_epoch(project, rows):
         _inputs.history(path, "distill@kd-42")
     path.write_text(json.dumps([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5}]))
     assert len(_inputs.history(path, "distill@kd-42")) == 2
+    path.write_text("[]")  # a teacher given by teacher.weights: no epochs
+    assert _inputs.history(path, "train_teacher@42") == []

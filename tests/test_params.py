@@ -36,14 +36,29 @@ def test_committed_params_reproduce_the_tutorial():
     assert (p.train.batch_size, p.train.lr, p.seeds, p.teacher.seeds) == (128, 0.001, (42,), (42,))
     assert p.data.val_size == 0  # the tutorial's protocol: no validation split
     assert p.teacher.epochs == 10 and p.student.epochs == 10
+    # The tutorial's models, its data, and a teacher trained here.
+    assert (p.teacher.model, p.teacher.args, p.teacher.code) == ("DeepNN", {}, "pipeline/models.py")
+    assert (p.student.model, p.student.args, p.student.code) == (
+        "LightNN",
+        {},
+        "pipeline/models.py",
+    )
+    assert p.teacher.weights is None
+    assert p.data.source == "cifar10" and p.data.image_size is None
     assert list(p.variants) == ["ce", "kd", "cosine", "regressor"]
     assert p.variants["kd"].kwargs == {
         "temperature": 2.0,
         "distill_weight": 0.25,
         "ce_weight": 0.75,
     }
-    for name in ("cosine", "regressor"):
-        assert p.variants[name].kwargs == {"distill_weight": 0.25, "ce_weight": 0.75}
+    for name in ("cosine", "regressor"):  # on the conv stacks: DeepNN 32x8x8, LightNN 16x8x8
+        assert p.variants[name].kwargs == {
+            "distill_weight": 0.25,
+            "ce_weight": 0.75,
+            "student_layer": "features",
+            "teacher_layer": "features",
+        }
+    assert p.variants["ce"].kwargs == {}
 
 
 def test_defaults_and_int_to_float():
@@ -96,6 +111,34 @@ def test_md5_must_be_hex():
         parse(DataParams, {"url": "u", "md5": "xyz"}, "data")
 
 
+def test_source_md5_and_image_size():
+    ok = parse(DataParams, {"url": "u", "md5": "c" * 32}, "data")
+    assert ok.source == "cifar10" and ok.image_size is None  # the defaults: the tutorial's data
+    folder = parse(DataParams, {"url": "u", "md5": None, "source": "../x.tar.gz"}, "data")
+    assert folder.md5 is None  # an image folder may go without an MD5
+    resized = parse(DataParams, {"url": "u", "source": "imgs", "image_size": 8}, "data")
+    assert resized.image_size == 8
+    for raw, message in [
+        ({"md5": None}, r"data\.md5 = null: the CIFAR-10 archive needs its MD5"),
+        ({}, r"data\.md5 = null: the CIFAR-10 archive needs its MD5"),
+        ({"source": "imgs", "md5": "xyz"}, r"data\.md5 = 'xyz': expected 32 hexadecimal digits"),
+        ({"source": " "}, r"data\.source = ' ': expected cifar10, or the path of an image folder"),
+        ({"source": "a\nb"}, r"data\.source = 'a\\nb': expected cifar10"),
+        ({"source": 3}, r"data\.source = 3: expected str"),
+        ({"md5": "c" * 32, "image_size": 7}, r"data\.image_size = 7: must be from 8 to 4096"),
+        ({"source": "imgs", "image_size": 4097}, r"data\.image_size = 4097: must be from 8 to"),
+        ({"source": "imgs", "image_size": 32.0}, r"data\.image_size = 32\.0: expected int"),
+    ]:
+        with pytest.raises(ParamsError, match=message) as e:
+            parse(DataParams, {"url": "u", **raw}, "data")
+        assert "\n" not in str(e.value)
+
+
+def test_committed_params_read_the_cifar10_archive_at_its_size():
+    p = load_all()
+    assert p.data.source == "cifar10" and p.data.image_size is None
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -130,6 +173,42 @@ def test_a_new_variant_is_just_an_entry():
         {"kd_t4": {"method": "kd", "temperature": 4, "distill_weight": 0.5, "ce_weight": 0.5}}
     )
     assert variants["kd_t4"].method == "kd" and variants["kd_t4"].kwargs["temperature"] == 4
+
+
+def test_feature_methods_tap_the_built_ins_conv_stacks_unless_told_otherwise():
+    cosine = {"method": "cosine", "distill_weight": 0.5, "ce_weight": 0.5}
+    filled = parse_variants({"cos": cosine})["cos"].kwargs
+    assert (filled["student_layer"], filled["teacher_layer"]) == ("features", "features")
+    named = parse_variants({"cos": {**cosine, "student_layer": "features.3"}})["cos"].kwargs
+    assert (named["student_layer"], named["teacher_layer"]) == ("features.3", "features")
+    resnet = parse(TeacherParams, {"epochs": 1, "model": "resnet18"}, "teacher")
+    with pytest.raises(ParamsError) as e:
+        parse_variants({"cos": cosine}, teacher=resnet)
+    assert str(e.value) == ("variants.cos.teacher_layer: missing, and resnet18 has no default "
+                            "layer; name the module to tap (e.g. layer3)")  # fmt: skip
+    both = parse_variants({"cos": {**cosine, "teacher_layer": "layer3"}}, teacher=resnet)
+    assert both["cos"].kwargs["teacher_layer"] == "layer3"
+    with pytest.raises(ParamsError, match=r"variants\.cos\.student_layer = 3: expected a module"):
+        parse_variants({"cos": {**cosine, "student_layer": 3}})
+    assert "student_layer" not in parse_variants({"kd": {"method": "ce"}})["kd"].kwargs
+
+
+def test_models_are_checked_before_any_training():
+    resnet = parse(RoleParams, {"epochs": 1, "model": "resnet18", "args": {"dropout": 0}}, "x")
+    assert resnet.args == {"dropout": 0} and resnet.code == "pipeline/models.py"  # unused for it
+    for raw, message in [
+        ({"model": "resnet19"}, r"student\.model = 'resnet19': not a built-in .* did you mean resnet18"),
+        ({"model": "LightNN", "args": [1]}, r"student\.args = \[1\]: expected a mapping of names"),
+        ({"code": "../models.py"}, r"student\.code = '\.\./models\.py': expected a file or folder"),
+        ({"model": "pipeline.models:LightNN", "code": "tests"},
+         r"student\.code = 'tests' does not hold student\.model 'pipeline\.models:LightNN' \(defined "
+         r"in pipeline/models\.py\)"),
+    ]:  # fmt: skip
+        with pytest.raises(ParamsError, match=message) as e:
+            parse(RoleParams, {"epochs": 1, **raw}, "student")
+        assert "\n" not in str(e.value)
+    with pytest.raises(ParamsError, match=r"teacher\.weights = 'nowhere\.pt': no such file"):
+        parse(TeacherParams, {"epochs": 1, "weights": "nowhere.pt"}, "teacher")
 
 
 def test_unknown_or_missing_sections_are_named(tmp_path):

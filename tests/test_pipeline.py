@@ -35,6 +35,12 @@ def weights_of(name: str, seed: int = 42) -> str:
     return TEACHER_WEIGHTS if name == "teacher" else f"models/students/{name}-{seed}.safetensors"
 
 
+def load_weights(arch: str, path) -> torch.nn.Module:
+    net = models.build(arch, {}, 10, 0, "model")
+    net.load_state_dict(models.load_state(path))
+    return net
+
+
 def metrics_of(tree: dict, name: str, seed: int = 42) -> dict:
     return tree["teacher"][str(seed)] if name == "teacher" else tree["students"][name][str(seed)]
 
@@ -104,7 +110,7 @@ def test_training_runs_log_params_epochs_dataset_and_a_loadable_model(project, f
         mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
         (logged,) = run.outputs.model_outputs
         loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
-        expected = models.Classifier(models.load_weights(arch, project.path / weights),
+        expected = models.Classifier(load_weights(arch, project.path / weights),
                                      data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))).eval()  # fmt: skip
         with torch.no_grad():
             torch.testing.assert_close(loaded(test_images), expected(test_images))
@@ -203,7 +209,7 @@ def test_champion_and_teacher_are_registered_with_their_lineage(project, first_r
     mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
     loaded = mlflow.pytorch.load_model("models:/cifar10-student@champion")
     images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
-    expected = models.Classifier(models.load_weights("LightNN", project.path / weights),
+    expected = models.Classifier(load_weights("LightNN", project.path / weights),
                                  data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))).eval()  # fmt: skip
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), expected(images))
@@ -242,21 +248,27 @@ def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_r
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "first results")
     before = {r.info.run_id for r in project.runs()}
+    cache = project.path / "data/teacher_outputs/42.safetensors"
+    cached = cache.read_bytes()
     project.set_params(variants__kd__temperature=4.0)
-    assert project.repro() == ["distill@kd-42", "evaluate", "report"]
+    # teacher_outputs reads `variants` (the layers they tap) so it reruns, to the same bytes: no
+    # other student reruns.
+    assert project.repro() == ["teacher_outputs@42", "distill@kd-42", "evaluate", "report"]
+    assert cache.read_bytes() == cached
     new = [r for r in project.runs() if r.info.run_id not in before]
     assert sorted(r.info.run_name for r in new) == [
         "distill@kd-42",
         "evaluate",
         "pipeline",
         "report",
+        "teacher_outputs@42",
     ]
     assert all(r.data.tags["git.dirty"] == "true" for r in new)
     diff = project.run("dvc", "metrics", "diff")
     assert "students.kd.42.test_accuracy" in diff or "train_kd" in diff
     project.run("git", "checkout", "params.yaml")
     # back to the committed params: those stages rerun or come back from DVC's run cache
-    assert set(project.repro()) <= {"distill@kd-42", "evaluate", "report"}
+    assert set(project.repro()) <= {"teacher_outputs@42", "distill@kd-42", "evaluate", "report"}
     # ...and the outputs are byte for byte the committed ones: the pipeline is deterministic,
     # except for what holds measured latency and throughput
     changed = {line[3:] for line in project.run("git", "status", "--porcelain").splitlines()}
@@ -380,6 +392,7 @@ def test_an_augmenting_variant_is_one_params_entry_and_runs_its_teacher_live(pro
     finally:
         project.run("git", "checkout", "params.yaml")
     assert re.findall(r"Running stage '([^']+)'", out) == [
+        "teacher_outputs@42",  # reads `variants`; it caches no more for one that runs live
         "distill@kd_aug-42",
         "evaluate",
         "report",

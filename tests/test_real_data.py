@@ -13,6 +13,7 @@ from conftest import ROOT
 from test_data import leftovers, run_download_stage
 
 from pipeline import data, losses, models
+from pipeline.taps import Tapped
 from pipeline.train import FitConfig, fit
 
 DATASETS = Path(os.environ.get("CIFAR10_MIRROR_SOURCE", ROOT.parent / "shared" / "datasets"))
@@ -74,11 +75,12 @@ def test_lightnn_one_epoch_beats_40_percent(converted):
     seen = {}
     started = time.perf_counter()
     fit(
-        models.build("LightNN", 42),
+        Tapped(models.build("LightNN", {}, len(ds.classes), 42, "student.model")),
         ds.train,
         losses.bind("ce", {}),
         FitConfig(epochs=1, batch_size=128, lr=1e-3, seed=42),
         normalize,
+        num_classes=len(ds.classes),
         eval_sets={"test": ds.test},
         on_epoch=lambda _, metrics: seen.update(metrics),
     )

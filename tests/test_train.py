@@ -6,11 +6,24 @@ import pytest
 import torch
 from cifar_archive import make_archive
 
-from pipeline import data, losses, models
+from pipeline import data, losses, models, taps
+from pipeline.taps import Tapped
 from pipeline.train import FitConfig, NumericalError, fit, live_teacher
 
 NORMALIZE = data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CONFIG = FitConfig(epochs=2, batch_size=32, lr=1e-3, seed=42)
+CLASSES = 10
+# The tutorial's layers: each built-in's conv stack (what params.py fills in for them).
+LAYERS = {"student_layer": "features", "teacher_layer": "features"}
+
+
+def build(name: str, seed: int, layers=()) -> Tapped:
+    """A fresh built-in, tapped at `layers`, as the stages build and train it."""
+    return Tapped(models.build(name, {}, CLASSES, seed, "model"), layers)
+
+
+def train(model: Tapped, split: data.Split, loss_fn, config: FitConfig, **kwargs) -> Tapped:
+    return fit(model, split, loss_fn, config, NORMALIZE, num_classes=CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +35,43 @@ def tiny(tmp_path_factory) -> data.Cifar10:
 
 @pytest.fixture(scope="module")
 def teacher(tiny) -> torch.nn.Module:
-    return fit(models.build("DeepNN", 42), tiny.train, losses.bind("ce", {}), CONFIG, NORMALIZE)
+    """The trained DeepNN (untapped, as its weights file holds it)."""
+    return train(build("DeepNN", 42), tiny.train, losses.bind("ce", {}), CONFIG).net
 
 
-def train_student(tiny, teacher, method: str, params: dict, **kwargs) -> torch.nn.Module:
-    student = models.build("LightNN", CONFIG.seed)
+def with_layers(method: str, params: dict) -> dict:
+    """`params` and the layers the method taps."""
+    return params | {key: LAYERS[key] for key in losses.layers(method)}
+
+
+def side(method: str, role: str) -> list[str]:
+    """The layers `method` taps on the student or the teacher."""
+    return [LAYERS[key] for key in losses.layers(method) if key.startswith(role)]
+
+
+def student_and_teaching(method: str, teacher: torch.nn.Module, seed: int = CONFIG.seed,
+                         precision: str = "fp32") -> tuple[Tapped, dict]:  # fmt: skip
+    """A fresh LightNN tapped for `method`, and fit()'s teacher and parts arguments for it: the
+    parts made right after the student from the tapped layers' traced shapes, as distill does."""
+    student = build("LightNN", seed, side(method, "student"))
     spec = losses.get(method)
-    head = spec.make_head() if spec.make_head else None
-    return fit(
-        student,
-        tiny.train,
-        losses.bind(method, params),
-        CONFIG,
-        NORMALIZE,
-        targets=live_teacher(teacher, "fp32") if spec.needs_teacher else None,
-        head=head,
-        **kwargs,
-    )
+    parts = None
+    if spec.make_parts is not None:
+        shapes = {}
+        for key, net in (("student_layer", student.net), ("teacher_layer", teacher)):
+            if key in losses.layers(method):
+                layer = LAYERS[key]
+                shapes[key] = taps.trace(net, [layer], (3, 32, 32), CLASSES, key)[layer]
+        parts = spec.make_parts(shapes, f"variants.{method}")
+    tapped_teacher = Tapped(teacher, side(method, "teacher"))
+    targets = live_teacher(tapped_teacher, precision) if spec.needs_teacher else None
+    return student, {"targets": targets, "parts": parts}
+
+
+def train_student(tiny, teacher, method: str, params: dict, **kwargs) -> Tapped:
+    student, teaching = student_and_teaching(method, teacher)
+    loss = losses.bind(method, with_layers(method, params))
+    return train(student, tiny.train, loss, CONFIG, **teaching, **kwargs)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -51,13 +84,7 @@ def test_same_seed_gives_identical_weights_on_cpu(tiny, teacher):
     a = train_student(tiny, teacher, "kd", params)
     b = train_student(tiny, teacher, "kd", params)
     assert same_weights(a, b)
-    other = fit(
-        models.build("LightNN", 7),
-        tiny.train,
-        losses.bind("ce", {}),
-        FitConfig(2, 32, 1e-3, 7),
-        NORMALIZE,
-    )
+    other = train(build("LightNN", 7), tiny.train, losses.bind("ce", {}), FitConfig(2, 32, 1e-3, 7))
     assert not same_weights(a, other)
 
 
@@ -113,6 +140,27 @@ def test_epoch_callback_gets_every_component_and_accuracies(tiny, teacher):
     assert models.count_parameters(student) == 267_738
 
 
+def test_the_context_reaches_the_loss(tiny):
+    """Every step's loss gets the epoch (from 1), the batch's rows in the training set, the number
+    of classes and the training set's size."""
+    ce = losses.bind("ce", {})
+    seen = []
+
+    def recording(out, teacher_out, y, parts, ctx):
+        seen.append(ctx)
+        assert torch.equal(tiny.train.labels[ctx.indices], y)  # the rows of this very batch
+        return ce(out, teacher_out, y, parts, ctx)
+
+    rows = len(tiny.train.labels)  # 300: 10 batches of 32 (the last of 12) per epoch
+    train(build("LightNN", 1), tiny.train, recording, CONFIG)
+    assert [c.epoch for c in seen] == [1] * 10 + [2] * 10
+    assert {(c.num_classes, c.dataset_size) for c in seen} == {(CLASSES, rows)}
+    assert [len(c.indices) for c in seen[:10]] == [32] * 9 + [12]
+    for epoch in (seen[:10], seen[10:]):  # each epoch sees every row once, in its own order
+        assert torch.equal(torch.cat([c.indices for c in epoch]).sort().values, torch.arange(rows))
+    assert not torch.equal(seen[0].indices, seen[10].indices)
+
+
 def test_training_learns_the_tiny_task(tiny, teacher):
     from pipeline.evaluate import accuracy, predict
 
@@ -121,14 +169,8 @@ def test_training_learns_the_tiny_task(tiny, teacher):
 
 
 def test_plain_epoch_lines_when_not_a_terminal(tiny, capsys):
-    fit(
-        models.build("LightNN", 1),
-        tiny.train,
-        losses.bind("ce", {}),
-        FitConfig(1, 64, 1e-3, 1),
-        NORMALIZE,
-        desc="student",
-    )
+    train(build("LightNN", 1), tiny.train, losses.bind("ce", {}), FitConfig(1, 64, 1e-3, 1),
+          desc="student")  # fmt: skip
     captured = capsys.readouterr()
     assert "student epoch 1/1: train_ce " in captured.out
     assert "\r" not in captured.out + captured.err  # no progress bar redraws in logs
@@ -137,14 +179,17 @@ def test_plain_epoch_lines_when_not_a_terminal(tiny, capsys):
 def test_cached_teacher_outputs_equal_live_ones(tiny, teacher):
     from pipeline.train import cached_teacher, teacher_outputs
 
-    cache = teacher_outputs(teacher, tiny.train.images, NORMALIZE, "fp32", batch_size=64)
-    live = live_teacher(teacher, "fp32")
+    tapped = Tapped(teacher, ["features"])
+    cache = teacher_outputs(tapped, tiny.train.images, NORMALIZE, "fp32", batch_size=64)
+    live = live_teacher(tapped, "fp32")
     idx = torch.tensor([5, 0, 17, 3])
     x = NORMALIZE(tiny.train.images[idx]).contiguous(memory_format=torch.channels_last)
     expected, got = live(idx, x), cached_teacher(cache)(idx, x)
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    assert list(got.features) == list(expected.features) == ["features"]
     torch.testing.assert_close(got.features, expected.features, rtol=1e-4, atol=1e-5)
-    assert cache.features.shape == (len(tiny.train.labels), 32, 8, 8)
+    assert cache.features["features"].shape == (len(tiny.train.labels), 32, 8, 8)
+    assert cache.logits.shape == (len(tiny.train.labels), CLASSES)
 
 
 def test_training_from_the_cache_matches_training_from_the_live_teacher(tiny, teacher):
@@ -152,9 +197,9 @@ def test_training_from_the_cache_matches_training_from_the_live_teacher(tiny, te
 
     params = {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}
     live = train_student(tiny, teacher, "kd", params)
-    cache = teacher_outputs(teacher, tiny.train.images, NORMALIZE, "fp32")
-    cached = fit(models.build("LightNN", CONFIG.seed), tiny.train, losses.bind("kd", params), CONFIG,
-                 NORMALIZE, targets=cached_teacher(cache))  # fmt: skip
+    cache = teacher_outputs(Tapped(teacher), tiny.train.images, NORMALIZE, "fp32")
+    cached = train(build("LightNN", CONFIG.seed), tiny.train, losses.bind("kd", params), CONFIG,
+                   targets=cached_teacher(cache))  # fmt: skip
     for (name, a), b in zip(live.state_dict().items(), cached.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -164,13 +209,11 @@ def test_bf16_trains_every_method(tiny, teacher, method):
     params = {"ce": {}, "kd": {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}}.get(
         method, {"distill_weight": 0.25, "ce_weight": 0.75}
     )
-    spec = losses.get(method)
     config = FitConfig(2, 32, 1e-3, 42, precision="bf16")
     seen = []
-    student = fit(models.build("LightNN", 42), tiny.train, losses.bind(method, params), config, NORMALIZE,
-                  targets=live_teacher(teacher, "bf16") if spec.needs_teacher else None,
-                  head=spec.make_head() if spec.make_head else None,
-                  on_epoch=lambda e, m: seen.append(m))  # fmt: skip
+    student, teaching = student_and_teaching(method, teacher, 42, precision="bf16")
+    student = train(student, tiny.train, losses.bind(method, with_layers(method, params)), config,
+                    **teaching, on_epoch=lambda e, m: seen.append(m))  # fmt: skip
     assert all(p.dtype == torch.float32 for p in student.parameters())  # master weights stay fp32
     assert seen[1]["train_loss"] < seen[0]["train_loss"] and all(
         torch.isfinite(torch.tensor(v)) for v in seen[1].values()
@@ -194,13 +237,12 @@ def test_augmented_training_with_a_live_teacher_is_seeded(tiny, teacher):
     config = FitConfig(1, 32, 1e-3, 42, augment=True)
     params = {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}
     a, b = (
-        fit(
-            models.build("LightNN", 42),
+        train(
+            build("LightNN", 42),
             tiny.train,
             losses.bind("kd", params),
             config,
-            NORMALIZE,
-            targets=live_teacher(teacher, "fp32"),
+            targets=live_teacher(Tapped(teacher), "fp32"),
         )
         for _ in range(2)
     )
@@ -212,8 +254,8 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):
     ce = losses.bind("ce", {})
     calls = []
 
-    def diverging(out, teacher_out, y, head):
-        terms = ce(out, teacher_out, y, head)
+    def diverging(out, teacher_out, y, parts, ctx):
+        terms = ce(out, teacher_out, y, parts, ctx)
         calls.append(1)
         if len(calls) == 12:  # epoch 2 (300 images / 32 = 10 batches per epoch), batch 2
             terms = {k: v * float("inf") for k, v in terms.items()}
@@ -221,8 +263,8 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):
 
     epochs = []
     with pytest.raises(NumericalError, match=r"at epoch 2, batch 2 of 10; lower train\.lr") as e:
-        fit(models.build("LightNN", 1), tiny.train, diverging, CONFIG, NORMALIZE,
-            on_epoch=lambda epoch, m: epochs.append(epoch))  # fmt: skip
+        train(build("LightNN", 1), tiny.train, diverging, CONFIG,
+              on_epoch=lambda epoch, m: epochs.append(epoch))  # fmt: skip
     assert "\n" not in str(e.value)
     assert epochs == [1]  # the diverged epoch is never reported as trained
 
@@ -231,23 +273,20 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_batch(tiny):
     ("method", "config"),
     [
         ("ce", FitConfig(3, 32, 1e-3, 42)),  # weights, Adam's moments, batch order, dropout
-        ("regressor", FitConfig(3, 32, 1e-3, 42, augment=True)),  # + a head, augmentation draws
+        ("regressor", FitConfig(3, 32, 1e-3, 42, augment=True)),  # + parts, augmentation draws
         ("ce", FitConfig(3, 32, 1e-3, 42, precision="bf16")),  # as the pipeline trains
     ],
 )
 def test_resuming_after_any_epoch_gives_the_weights_of_an_unbroken_run(
     tiny, teacher, method, config
 ):
-    spec = losses.get(method)
     params = {"distill_weight": 0.25, "ce_weight": 0.75} if method == "regressor" else {}
 
-    def train(**kwargs) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        student = models.build("LightNN", 42)
-        head = spec.make_head() if spec.make_head else None
-        targets = live_teacher(teacher, "fp32") if spec.needs_teacher else None
-        fit(student, tiny.train, losses.bind(method, params), config, NORMALIZE,
-            targets=targets, head=head, **kwargs)  # fmt: skip
-        return student, head
+    def run(**kwargs) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        student, teaching = student_and_teaching(method, teacher, 42)
+        train(student, tiny.train, losses.bind(method, with_layers(method, params)), config,
+              **teaching, **kwargs)  # fmt: skip
+        return student, teaching["parts"]
 
     saved = []  # each epoch's state as the stage writes it: serialised at once
 
@@ -256,15 +295,15 @@ def test_resuming_after_any_epoch_gives_the_weights_of_an_unbroken_run(
         torch.save(state, buffer)
         saved.append(buffer.getvalue())
 
-    unbroken, unbroken_head = train(on_checkpoint=keep)
+    unbroken, unbroken_parts = run(on_checkpoint=keep)
     assert [torch.load(io.BytesIO(b))["epoch"] for b in saved] == [1, 2, 3]
     # Dropout draws from the global stream: whatever happened in between must not matter.
     torch.manual_seed(12345)
     for blob in saved:
-        resumed, resumed_head = train(start=torch.load(io.BytesIO(blob)))
+        resumed, resumed_parts = run(start=torch.load(io.BytesIO(blob)))
         assert same_weights(resumed, unbroken)
-        if unbroken_head is not None:
-            assert same_weights(resumed_head, unbroken_head)
+        if unbroken_parts is not None:
+            assert same_weights(resumed_parts, unbroken_parts)
 
 
 def test_a_failure_mid_epoch_leaves_the_terminal_on_a_new_line(monkeypatch):
@@ -286,6 +325,6 @@ def test_a_failure_mid_epoch_leaves_the_terminal_on_a_new_line(monkeypatch):
         torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
     )
     with pytest.raises(RuntimeError, match="boom"):
-        fit(models.build("LightNN", 0), train, broken_loss, FitConfig(1, 4, 1e-3, 0),
-            data.Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))  # fmt: skip
+        fit(build("LightNN", 0), train, broken_loss, FitConfig(1, 4, 1e-3, 0),
+            data.Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), num_classes=CLASSES)  # fmt: skip
     assert "0/2" in terminal.getvalue() and terminal.getvalue().endswith("\n")
