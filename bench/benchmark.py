@@ -108,8 +108,14 @@ def run_engine(archive: Path, epochs: int, device: torch.device, precision: str)
         return accuracy(predict(model, test_images, normalize), test_labels)
 
     teacher, out["teacher_s"] = timed(
-        lambda: fit(Tapped(models.build("DeepNN", {}, 10, 42, "teacher")), ds.train,
-                    losses.bind("ce", {}), config, normalize, num_classes=10),
+        lambda: fit(
+            Tapped(models.build("DeepNN", {}, 10, 42, "teacher")),
+            ds.train,
+            losses.bind("ce", {}),
+            config,
+            normalize,
+            num_classes=10,
+        ),
         device,
     )
     out["teacher_acc"] = test(teacher)
@@ -131,8 +137,12 @@ def run_engine(archive: Path, epochs: int, device: torch.device, precision: str)
     out["kd_acc"] = test(student)
     plain, out["ce_s"] = timed(
         lambda: fit(
-            Tapped(models.build("LightNN", {}, 10, 42, "student")), ds.train,
-            losses.bind("ce", {}), config, normalize, num_classes=10,
+            Tapped(models.build("LightNN", {}, 10, 42, "student")),
+            ds.train,
+            losses.bind("ce", {}),
+            config,
+            normalize,
+            num_classes=10,
         ),
         device,
     )

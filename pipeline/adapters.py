@@ -23,7 +23,9 @@ class FlatMatch(nn.Module):
         self.length = min(math.prod(student), math.prod(teacher))
 
     def forward(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _pool_to(torch.flatten(s, 1), self.length), _pool_to(torch.flatten(t, 1), self.length)
+        return _pool_to(torch.flatten(s, 1), self.length), _pool_to(
+            torch.flatten(t, 1), self.length
+        )
 
 
 def _pool_to(x: torch.Tensor, length: int) -> torch.Tensor:

@@ -324,8 +324,12 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     offsets = torch.randint(0, 9, (2, n), generator=generator).to(images.device)
     flips = torch.rand(n, generator=generator).to(images.device) < 0.5
     padded = F.pad(images, (4, 4, 4, 4))
-    rows = (offsets[0, :, None] + torch.arange(height, device=images.device))[:, :, None]  # n x H x 1
-    cols = (offsets[1, :, None] + torch.arange(width, device=images.device))[:, None, :]  # n x 1 x W
+    rows = (offsets[0, :, None] + torch.arange(height, device=images.device))[
+        :, :, None
+    ]  # n x H x 1
+    cols = (offsets[1, :, None] + torch.arange(width, device=images.device))[
+        :, None, :
+    ]  # n x 1 x W
     cols = torch.where(flips[:, None, None], cols.flip(-1), cols)
     batch = torch.arange(n, device=images.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()

@@ -113,7 +113,9 @@ def resolve(name: str, where: str) -> Callable[..., nn.Module]:
 def _imported(name: str, where: str) -> Callable[..., nn.Module]:
     module_name, _, attr = name.partition(":")
     if str(Path.cwd()) not in sys.path and "" not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # the user's code lives in the project, run from its root
+        sys.path.insert(
+            0, str(Path.cwd())
+        )  # the user's code lives in the project, run from its root
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or whatever the module raises while it is imported
@@ -163,7 +165,9 @@ def build(name: str, args: Mapping[str, Any], num_classes: int, seed: int, where
         raise ModelError(f"{where}: {name}({shown}) failed ({type(e).__name__}: {e}); fix the "
                          "model's args") from None  # fmt: skip
     if not isinstance(net, nn.Module):
-        raise ModelError(f"{where} = {name!r} returned a {type(net).__name__}, not a torch.nn.Module")
+        raise ModelError(
+            f"{where} = {name!r} returned a {type(net).__name__}, not a torch.nn.Module"
+        )
     return net
 
 

@@ -75,12 +75,17 @@ def test_a_bug_while_reading_is_not_called_damage(project, monkeypatch):
         _inputs.weights(STUDENT, "kd-42", 10)
 
 
-def test_teacher_outputs_for_another_training_set_are_out_of_date(project):
+def write_teacher_outputs(project: Path) -> None:
+    """Five rows of cached outputs: logits and DeepNN's `features` layer."""
     path = project / "data/teacher_outputs/42.safetensors"
     path.parent.mkdir(parents=True)
     safetensors.torch.save_file(
         {"logits": torch.zeros(5, 10), "layer:features": torch.zeros(5, 32, 8, 8)}, path
     )
+
+
+def test_teacher_outputs_for_another_training_set_are_out_of_date(project):
+    write_teacher_outputs(project)
     with pytest.raises(InputError) as e:
         _inputs.teacher_outputs(42, rows=200, layers=["features"])
     assert str(e.value) == (
@@ -93,11 +98,7 @@ def test_teacher_outputs_for_another_training_set_are_out_of_date(project):
 
 
 def test_teacher_outputs_without_a_layer_a_variant_taps_are_out_of_date(project):
-    path = project / "data/teacher_outputs/42.safetensors"
-    path.parent.mkdir(parents=True)
-    safetensors.torch.save_file(
-        {"logits": torch.zeros(5, 10), "layer:features": torch.zeros(5, 32, 8, 8)}, path
-    )
+    write_teacher_outputs(project)
     with pytest.raises(InputError) as e:
         _inputs.teacher_outputs(42, rows=5, layers=["features", "layer3"])
     assert str(e.value) == (

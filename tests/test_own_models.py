@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 import yaml
 from PIL import Image
-from project import Project, copy_project
+from project import Project, copy_project, write_params
 
 from pipeline import data, files
 
@@ -62,7 +62,9 @@ def write_tree(root: Path, per_class: dict[str, int], size: int = 20) -> None:
         for name, mask in shapes.items():
             (root / split / name).mkdir(parents=True)
             for i in range(n):
-                pixels = np.zeros((size, size, 3), np.uint8) + rng.integers(0, 60, 3, dtype=np.uint8)
+                pixels = np.zeros((size, size, 3), np.uint8) + rng.integers(
+                    0, 60, 3, dtype=np.uint8
+                )
                 pixels[mask] = rng.integers(150, 256, 3, dtype=np.uint8)
                 Image.fromarray(pixels).save(root / split / name / f"{i:03d}.jpg", quality=95)
 
@@ -211,15 +213,7 @@ def test_a_bad_reference_is_one_line_and_trains_nothing(project, first_repro, ca
     params = project.path / "params.yaml"
     saved = params.read_text()
     try:
-        doc = yaml.safe_load(saved)
-        doc["teacher"]["weights"] = None
-        for dotted, value in changes.items():
-            *parents, last = dotted.split(".")
-            node = doc
-            for key in parents:
-                node = node[key]
-            node[last] = value
-        params.write_text(yaml.safe_dump(doc, sort_keys=False))
+        write_params(params, {"teacher.weights": None, **changes}, source=params)
         status, out = project.call(sys.executable, "-m", "pipeline.stages.distill", "cosine", "42")
     finally:
         params.write_text(saved)

@@ -50,8 +50,11 @@ def main(p: params.Params, args: list[str]) -> None:
         epochs=p.student.epochs,
         run_params={
             **common_params(p, seed),
-            "student": {"epochs": p.student.epochs, "model": p.student.model,
-                        "model_args": p.student.args},  # fmt: skip
+            "student": {
+                "epochs": p.student.epochs,
+                "model": p.student.model,
+                "model_args": p.student.args,
+            },
             "teacher_seed": p.teacher_seed(seed),
             "teacher_model": p.teacher.model,
             "model": p.student.model,

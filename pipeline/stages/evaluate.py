@@ -119,14 +119,22 @@ def _evaluate(
 def _used(p: params.Params) -> dict:
     """The params this stage reads, as its run records them."""
     return {
-        "data": {"source": p.data.source, "md5": p.data.md5, "image_size": p.data.image_size,
-                 "test_size": p.data.test_size, "val_size": p.data.val_size},  # fmt: skip
+        "data": {
+            "source": p.data.source,
+            "md5": p.data.md5,
+            "image_size": p.data.image_size,
+            "test_size": p.data.test_size,
+            "val_size": p.data.val_size,
+        },
         "normalize": {"mean": p.normalize.mean, "std": p.normalize.std},
         "train": {"device": p.train.device},
         "evaluate": vars(p.evaluate),
         "seeds": list(p.seeds),
-        "teacher": {"seeds": list(p.teacher.seeds), "model": p.teacher.model,
-                    "model_args": p.teacher.args},
+        "teacher": {
+            "seeds": list(p.teacher.seeds),
+            "model": p.teacher.model,
+            "model_args": p.teacher.args,
+        },
         "student": {"model": p.student.model, "model_args": p.student.args},
         "variants": list(p.variants),
     }
