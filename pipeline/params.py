@@ -28,6 +28,7 @@ MAX_COUNT = 2**31 - 1
 MAX_SEED = 2**32 - 1  # numpy's limit too; torch would take up to 2**64 - 1
 MAX_TIMEOUT_S = 86400  # a day: sockets refuse much longer timeouts (OverflowError)
 MAX_NAME = 100  # a variant's name: it becomes file names (at most 255 bytes) and metric keys
+CIFAR10 = "cifar10"  # data.source of the CIFAR-10 python archive at data.url
 MAX_IMAGE_SIZE = 4096  # data.image_size: larger is a typo (50,000 images of 4096 x 4096 = 2.5 TB)
 
 
@@ -54,7 +55,7 @@ class DataParams:
     timeout_s: float = 60.0  # the longest wait for the download server (connecting, each read)
     # "cifar10": the CIFAR-10 python archive fetched from `url`. Anything else is the path (relative
     # to the project root, or absolute) of an image folder or a .tar.gz of one (image_folder.py).
-    source: str = "cifar10"
+    source: str = CIFAR10
     image_size: int | None = None  # resize every image to N x N; None = keep the images' size
 
     def _check(self, where: str) -> None:
@@ -82,6 +83,16 @@ class DataParams:
                 f"({self.train_size}), or the training split is empty"
             )
 
+    @property
+    def location(self) -> str:
+        """Where the images come from: data.url for the CIFAR-10 archive, else data.source."""
+        return self.url if self.source == CIFAR10 else self.source
+
+    @property
+    def name(self) -> str:
+        """The dataset's name in MLflow: cifar10, or the image folder's (without its suffixes)."""
+        return self.source if self.source == CIFAR10 else Path(self.source).name.split(".")[0]
+
     def _check_source(self, where: str) -> None:
         """source, md5 and image_size; whether an image folder exists is the download stage's
         check, as params are checked by every stage and only that one reads the folder."""
@@ -89,7 +100,7 @@ class DataParams:
             raise ParamsError(f"{where}.source = {self.source!r}: expected cifar10, or the path of "
                               "an image folder or a .tar.gz of one")  # fmt: skip
         if self.md5 is None:
-            if self.source == "cifar10":
+            if self.source == CIFAR10:
                 raise ParamsError(f"{where}.md5 = null: the CIFAR-10 archive needs its MD5 (32 "
                                   "hexadecimal digits); only an image folder may go without")  # fmt: skip
         elif len(self.md5) != 32 or any(c not in "0123456789abcdef" for c in self.md5.lower()):

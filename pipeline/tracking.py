@@ -343,15 +343,15 @@ class StageRun:
         }
         mlflow.log_metrics(numbers, run_id=self.parent_id if to_parent else self.run_id)
 
-    def log_dataset(self, url: str, md5: str, sizes: Mapping[str, int]) -> None:
-        """The archive as the run's input: MLflow's dataset digest is the archive's MD5."""
+    def log_dataset(self, url: str, md5: str, sizes: Mapping[str, int], name: str) -> None:
+        """The data as the run's input, under `name`: MLflow's dataset digest is its MD5."""
         uri = url if "://" in url else Path(url).resolve().as_uri()
         with warnings.catch_warnings():
             # MLflow registers its local-file source twice and warns that a file:// URI is
             # ambiguous between the two identical classes.
             warnings.filterwarnings("ignore", message="The specified dataset source")
             source = resolve_dataset_source(uri)
-        dataset = MetaDataset(source, name="cifar10", digest=md5)
+        dataset = MetaDataset(source, name=name, digest=md5)
         tags = {f"{split}_size": str(n) for split, n in sizes.items()}
         mlflow.log_input(dataset, context="training", tags=tags)
 

@@ -21,7 +21,6 @@ from pipeline.stages import _inputs, _outputs
 from pipeline.taps import Tapped
 from pipeline.train import FitConfig, LoopState, Targets, fit, resolve_device
 
-CIFAR10 = "cifar10"  # data.source for the CIFAR-10 python archive at data.url
 # Wall-clock figures go to MLflow only: DVC outputs must be the same on every rerun.
 TIMING = ("epoch_seconds",)
 
@@ -126,7 +125,7 @@ def train_and_record(
                        p.train.precision, augment)  # fmt: skip
     monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
     data_md5 = files.md5(_outputs.DATA.read_bytes())
-    saved_to = _checkpoint(stage, role, run_params, data_md5, teaching.weights)
+    saved_to = _checkpoint(stage, role, run_params, data_md5, teaching.weights, code_paths)
     resumed = saved_to.load()
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
         tags = {"device": str(device), "precision": p.train.precision, "data.file_md5": data_md5}
@@ -177,8 +176,8 @@ def _record_inputs(
     """The dataset as the run's input; when resuming, where from and the earlier epochs' curves."""
     sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
     data_md5 = p.data.md5 or files.md5(_outputs.DATA.read_bytes())  # an unpinned image folder
-    where = p.data.url if p.data.source == CIFAR10 else p.data.source
-    run.log_dataset(where, data_md5, sizes | ({"val": len(ds.val.labels)} if ds.val else {}))
+    sizes |= {"val": len(ds.val.labels)} if ds.val else {}
+    run.log_dataset(p.data.location, data_md5, sizes, p.data.name)
     if resumed:
         run.record_resume(resumed["run_id"], resumed["loop"]["epoch"])
         for row in history:  # the curves of this run start at epoch 1 too
@@ -236,9 +235,15 @@ def evaluated(net: nn.Module, p: Params, ds: Dataset) -> tuple[models.Classifier
 
 
 def _checkpoint(
-    stage: str, role: str, run_params: dict[str, Any], data_md5: str, teacher_weights: Path | None
+    stage: str,
+    role: str,
+    run_params: dict[str, Any],
+    data_md5: str,
+    teacher_weights: Path | None,
+    code_paths: list[Path],
 ) -> checkpoint.Checkpoint:
-    """The checkpoint of this training: keyed by its params, its input files and the code.
+    """The checkpoint of this training: keyed by its params, its input files and the code (ours,
+    and the user's model code).
 
     Kept in checkpoints/ of the original checkout, also when DVC runs the stage in a temporary
     experiment copy (deleted afterwards), so a stopped queued experiment resumes when rerun."""
@@ -247,7 +252,7 @@ def _checkpoint(
         json.dumps(run_params, sort_keys=True, default=str),
         data_md5,
         files.md5(teacher_weights.read_bytes()) if teacher_weights else "",
-        provenance.content_digest(("pipeline",)),
+        provenance.content_digest(("pipeline", *map(str, code_paths))),
     )
     return checkpoint.Checkpoint(provenance.project_root() / "checkpoints", role, key)
 

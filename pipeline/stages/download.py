@@ -28,7 +28,7 @@ def main(p: params.Params, args: list[str]) -> None:
         dataset, origin, md5 = read(p.data)
         sizes = {"train": len(dataset.train.labels), "test": len(dataset.test.labels)}
         r.set_tags({"data.md5": md5})  # the content's MD5, also when params gave none
-        r.log_dataset(origin, md5, sizes)
+        r.log_dataset(origin, md5, sizes, p.data.name)
         r.log_metrics({f"{split}_images": n for split, n in sizes.items()})
         data.save(dataset, _outputs.DATA)
     print(f"{_outputs.DATA}: {sizes['train']} train and {sizes['test']} test images")
@@ -59,7 +59,9 @@ def from_image_folder(d: params.DataParams) -> tuple[data.Cifar10, str, str]:
     return image_folder.read(path, d.image_size), str(path), md5
 
 
-SOURCES = {"cifar10": from_cifar10_archive}  # data.source -> reader; any other is an image folder
+SOURCES = {
+    params.CIFAR10: from_cifar10_archive
+}  # data.source -> reader; any other is an image folder
 
 
 if __name__ == "__main__":
