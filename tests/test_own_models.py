@@ -161,6 +161,7 @@ def test_a_teacher_given_by_models_uri_is_not_trained_and_the_students_learn_fro
     run = _teacher_run(project)
     assert run.data.tags["teacher.weights_uri"] == "models:/cifar10-teacher/1"
     assert run.data.params["teacher.weights"] == "models:/cifar10-teacher/1"
+    assert run.data.params["teacher.weights_uri"] == "models:/cifar10-teacher/1"
     assert "train_loss" not in run.data.metrics and "test_accuracy" in run.data.metrics
     # The registered version is the teacher trained above: the same weights, so the same students.
     after = {p.name: files.md5(p.read_bytes()) for p in project.path.glob("models/*/*")}
@@ -180,9 +181,8 @@ def test_a_teacher_given_by_file_is_not_trained_and_the_students_learn_from_it(
     ran = project.repro()
     assert {"train_teacher@42", "teacher_outputs@42", "distill@kd-42"} <= set(ran)
     run = _teacher_run(project)
-    assert run.data.tags["teacher.weights_md5"] == files.md5(
-        (project.path / "pretrained/teacher.pt").read_bytes()
-    )
+    md5 = files.md5((project.path / "pretrained/teacher.pt").read_bytes())
+    assert run.data.tags["teacher.weights_md5"] == run.data.params["teacher.weights_md5"] == md5
     assert "train_loss" not in run.data.metrics
     loaded = safetensors.torch.load_file(project.path / "models/teachers/teacher-42.safetensors")
     assert torch.equal(loaded["fc.bias"], state["fc.bias"])

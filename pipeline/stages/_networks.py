@@ -56,18 +56,18 @@ def teacher_layers(p: Params) -> list[str]:
 
 
 def pretrained(role: RoleParams, ds: Dataset, seed: int) -> tuple[nn.Module, dict[str, str]]:
-    """The teacher that teacher.weights names, loaded into teacher.model, and where it came from
-    (tags: the file's MD5, or the registry URI)."""
+    """The teacher that teacher.weights names, loaded into teacher.model, and where it came from:
+    weights (as given) and weights_md5 (a file's MD5) or weights_uri (a registry URI)."""
     source = role.weights
     if source.startswith("models:/"):
         loaded = tracking.load_registered(source)
         # The deployable form logged by this pipeline wraps the network (as `net`); its class is
         # MLflow's copy of models.Classifier, so it is recognised by that attribute.
         state = getattr(loaded, "net", loaded).state_dict()
-        origin = {"teacher.weights_uri": source}
+        origin = {"weights_uri": source}
     else:
         state = _state_from_file(Path(source))
-        origin = {"teacher.weights_md5": files.md5(Path(source).read_bytes())}
+        origin = {"weights_md5": files.md5(Path(source).read_bytes())}
     net = build(role, "teacher", ds, seed)
     try:
         net.load_state_dict(state)
@@ -76,7 +76,7 @@ def pretrained(role: RoleParams, ds: Dataset, seed: int) -> tuple[nn.Module, dic
                                 f"{role.model} ({' '.join(str(e).split())[:300]}); set "
                                 "teacher.model and its args to the network these weights are "
                                 "for") from None  # fmt: skip
-    return net, origin | {"teacher.weights": source}
+    return net, origin | {"weights": source}
 
 
 def _state_from_file(path: Path) -> dict:

@@ -170,14 +170,19 @@ class _Recorder:
                             "run_id": self.run.run_id})  # fmt: skip
 
 
+def record_dataset(run: tracking.StageRun, p: Params, ds: Dataset) -> None:
+    """The dataset as the run's input, with the sizes of its splits."""
+    sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
+    sizes |= {"val": len(ds.val.labels)} if ds.val else {}
+    data_md5 = p.data.md5 or files.md5(_outputs.DATA.read_bytes())  # an unpinned image folder
+    run.log_dataset(p.data.location, data_md5, sizes, p.data.name)
+
+
 def _record_inputs(
     run: tracking.StageRun, p: Params, ds: Dataset, resumed: dict | None, history: list[dict]
 ) -> None:
     """The dataset as the run's input; when resuming, where from and the earlier epochs' curves."""
-    sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
-    data_md5 = p.data.md5 or files.md5(_outputs.DATA.read_bytes())  # an unpinned image folder
-    sizes |= {"val": len(ds.val.labels)} if ds.val else {}
-    run.log_dataset(p.data.location, data_md5, sizes, p.data.name)
+    record_dataset(run, p, ds)
     if resumed:
         run.record_resume(resumed["run_id"], resumed["loop"]["epoch"])
         for row in history:  # the curves of this run start at epoch 1 too

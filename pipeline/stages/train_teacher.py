@@ -14,6 +14,7 @@ from pipeline.stages._training import (
     common_params,
     evaluated,
     load_dataset,
+    record_dataset,
     record_outputs,
     train_and_record,
 )
@@ -56,8 +57,11 @@ def adopt(p: params.Params, seed: int, ds: Dataset, run_params: dict) -> None:
     outputs.check()
     net, origin = _networks.pretrained(p.teacher, ds, seed)
     print(f"{stage}: no training; the teacher is {p.teacher.weights}")
+    # Where it came from, as params (compared across runs) and as tags (searched in the UI).
+    run_params = run_params | {"teacher": run_params["teacher"] | origin}
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as r:
-        r.set_tags(origin)
+        r.set_tags({f"teacher.{key}": value for key, value in origin.items()})
+        record_dataset(r, p, ds)
         deployable, summary = evaluated(net, p, ds)
         r.log_metrics(summary)
         record_outputs(r, outputs, role, deployable, ds, [], summary,
