@@ -47,12 +47,11 @@ def parts(variant: Variant, student: nn.Module, teacher: nn.Module | None, p: Pa
     return method.make_parts(shapes, f"variants.{variant.name}")
 
 
-def teacher_layers(p: Params) -> list[str]:
+def teacher_layers(p: Params) -> dict[str, str]:
     """Every teacher layer that a variant reads from the cached outputs (augmenting ones run the
-    teacher live), each once: what the teacher_outputs stage stores besides the logits."""
-    found = [layer for v in p.variants.values() if not v.augment
-             for layer in layers(v, "teacher").values()]  # fmt: skip
-    return list(dict.fromkeys(found))
+    teacher live), by key path: what the teacher_outputs stage stores besides the logits."""
+    return {where: layer for v in p.variants.values() if not v.augment
+            for where, layer in layers(v, "teacher").items()}  # fmt: skip
 
 
 def pretrained(role: RoleParams, ds: Dataset, seed: int) -> tuple[nn.Module, dict[str, str]]:

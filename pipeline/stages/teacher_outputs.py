@@ -28,9 +28,9 @@ def main(p: params.Params, args: list[str]) -> None:
     full = _inputs.dataset()
     train = data.subset(full.train, p.data.train_size, "data.train_size")
     teacher = _inputs.weights(p.teacher, _outputs.teacher_role(seed), len(full.classes))
-    layers = _networks.teacher_layers(p)
-    check_layers(teacher, {f"a variant's teacher_layer {x!r}": x for x in layers},
-                 f"teacher.model {p.teacher.model}")  # fmt: skip
+    tapped = _networks.teacher_layers(p)
+    check_layers(teacher, tapped, f"teacher.model {p.teacher.model}")
+    layers = list(dict.fromkeys(tapped.values()))  # each once, however many variants tap it
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
     used = {"data.train_size": p.data.train_size, "normalize": vars(p.normalize),
             "train.device": p.train.device, "train.precision": p.train.precision, "seed": seed,
