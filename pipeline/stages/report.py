@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline import figures, files, params, report, tracking
+from pipeline import figures, files, losses, params, report, tracking
 from pipeline.stages import _inputs, _outputs
 from pipeline.stages._cli import no_arguments, run
 
@@ -33,7 +33,11 @@ def main(p: params.Params, args: list[str]) -> None:
     # Validation only, when there is a validation split: the test set must not pick the model.
     select_by = "val_accuracy" if p.data.val_size else p.registry.select_by
     evaluation, speed = _evaluation(p, select_by)
-    baseline = next((v.name for v in p.variants.values() if v.method == "ce"), None)
+    # The plain student, that every variant is compared with: the first that learns without a
+    # teacher (the registry says which methods those are).
+    baseline = next(
+        (v.name for v in p.variants.values() if not losses.get(v.method).needs_teacher), None
+    )
     best = report.champion(evaluation, select_by)
     train = _train_metrics(p)
     table_stats = report.statistics(evaluation, baseline, report.last_epoch_tree(train))
