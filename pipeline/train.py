@@ -187,25 +187,13 @@ def fit(
     that epoch exactly as if it had never stopped (the same weights on CPU): the state holds the
     weights, the optimizer's moments and both random streams (batch order and dropout).
     """
-    device = config.device
-    model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
-    normalize = normalize.to(device)
-    trainable = [*model.parameters()]
-    if parts is not None:
-        trainable += parts.to(device, memory_format=torch.channels_last).parameters()
-    optimizer = torch.optim.Adam(trainable, lr=config.lr)
-
-    on_device = {
-        k: Split(s.images.to(device), s.labels.to(device)) for k, s in (eval_sets or {}).items()
-    }
-    order = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)  # dropout masks: the same stream for every variant
+    loop = _set_up(model, train, loss_fn, config, normalize, num_classes, targets, parts)
     done = 0
     if start is not None:
-        done = _restore(start, model, parts, optimizer, order, device)
+        done = _restore(start, model, parts, loop.optimizer, loop.order, config.device)
         tqdm.write(f"{desc}: resuming after epoch {done}/{config.epochs}")
-    loop = _Loop(model, parts, optimizer, loss_fn, targets, normalize, config, order,
-                 Split(train.images.to(device), train.labels.to(device)), num_classes)  # fmt: skip
+    on_device = {k: Split(s.images.to(config.device), s.labels.to(config.device))
+                 for k, s in (eval_sets or {}).items()}  # fmt: skip
 
     # Closed on any way out, so that an error line starts on a line of its own in a terminal.
     with progress.bar(total=config.epochs * loop.steps, desc=desc, unit="step",
@@ -213,16 +201,41 @@ def fit(
         for epoch in range(done + 1, config.epochs + 1):
             started = time.perf_counter()
             metrics = _train_epoch(loop, epoch, bar)
-            metrics |= _monitored(model, on_device, normalize, config)
+            metrics |= _monitored(model, on_device, loop.normalize, config)
             metrics["epoch_seconds"] = time.perf_counter() - started
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             tqdm.write(f"{desc} epoch {epoch}/{config.epochs}: {shown}")
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
             if on_checkpoint is not None:
-                on_checkpoint(loop_state(epoch, model, parts, optimizer, order, device))
-    optimizer.zero_grad(set_to_none=True)  # the returned model carries no stale gradients
+                on_checkpoint(loop_state(epoch, model, parts, loop.optimizer, loop.order,
+                                         config.device))  # fmt: skip
+    loop.optimizer.zero_grad(set_to_none=True)  # the returned model carries no stale gradients
     return model.to(memory_format=torch.contiguous_format)
+
+
+def _set_up(
+    model: Tapped,
+    train: Split,
+    loss_fn: Callable[..., Terms],
+    config: FitConfig,
+    normalize: Normalizer,
+    num_classes: int,
+    targets: Targets | None,
+    parts: nn.Module | None,
+) -> _Loop:
+    """Model, parts and data on the training device, the optimizer, and both random streams
+    seeded: batch order (its own generator) and dropout (torch's, the same for every variant)."""
+    device = config.device
+    model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
+    trainable = [*model.parameters()]
+    if parts is not None:
+        trainable += parts.to(device, memory_format=torch.channels_last).parameters()
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    order = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    return _Loop(model, parts, optimizer, loss_fn, targets, normalize.to(device), config, order,
+                 Split(train.images.to(device), train.labels.to(device)), num_classes)  # fmt: skip
 
 
 @dataclass(frozen=True)
