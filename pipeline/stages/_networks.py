@@ -9,6 +9,7 @@ import safetensors
 from torch import nn
 
 from pipeline import files, losses, models, taps, tracking
+from pipeline.errors import one_line
 from pipeline.params import Params, RoleParams, Variant
 from pipeline.stages._training import Dataset
 
@@ -72,7 +73,7 @@ def pretrained(role: RoleParams, ds: Dataset, seed: int) -> tuple[nn.Module, dic
         net.load_state_dict(state)
     except RuntimeError as e:  # missing, unexpected or misshapen tensors
         raise models.ModelError(f"teacher.weights = {source!r} do not fit teacher.model "
-                                f"{role.model} ({' '.join(str(e).split())[:300]}); set "
+                                f"{role.model} ({one_line(e, 300)}); set "
                                 "teacher.model and its args to the network these weights are "
                                 "for") from None  # fmt: skip
     return net, origin | {"weights": source}
@@ -83,5 +84,5 @@ def _state_from_file(path: Path) -> dict:
         return models.load_state(path)
     except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise models.ModelError(f"teacher.weights = {str(path)!r} cannot be read as weights "
-                                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); give a "
+                                f"({type(e).__name__}: {one_line(e, 200)}); give a "
                                 ".safetensors file or a PyTorch state dict") from None  # fmt: skip

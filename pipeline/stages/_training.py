@@ -85,6 +85,13 @@ def common_params(p: Params, seed: int) -> dict[str, Any]:
     }
 
 
+def model_outputs(role: str) -> files.OutputSet:
+    """What a training stage writes for `role`: the weights, the final metrics, the history."""
+    return files.OutputSet(
+        [_outputs.model(role), _outputs.train_metrics(role), _outputs.train_history(role)]
+    )
+
+
 def train_and_record(
     *,
     stage: str,
@@ -115,9 +122,7 @@ def train_and_record(
     the best epoch's by it, and the test set is evaluated once at the end, for both the last and the
     best epoch (`last_epoch_test_accuracy`, `test_accuracy`).
     """
-    outputs = files.OutputSet(
-        [_outputs.model(role), _outputs.train_metrics(role), _outputs.train_history(role)]
-    )
+    outputs = model_outputs(role)
     outputs.check()  # a folder that cannot be written must not cost a training
     device = resolve_device(p.train.device)
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)

@@ -6,7 +6,7 @@ things are recorded or fetched from, not what is computed)."""
 
 from __future__ import annotations
 
-from pipeline import files, losses, models, params, tracking
+from pipeline import losses, models, params, tracking
 from pipeline.stages import _networks, _outputs
 from pipeline.stages._cli import run, seed_argument
 from pipeline.stages._training import (
@@ -14,6 +14,7 @@ from pipeline.stages._training import (
     common_params,
     evaluated,
     load_dataset,
+    model_outputs,
     record_dataset,
     record_outputs,
     train_and_record,
@@ -51,9 +52,7 @@ def adopt(p: params.Params, seed: int, ds: Dataset, run_params: dict) -> None:
     """A teacher trained elsewhere: loaded into teacher.model, evaluated like a trained one, and
     written where a trained one would be, with where it came from as params and tags."""
     stage, role = f"train_teacher@{seed}", _outputs.teacher_role(seed)
-    outputs = files.OutputSet(
-        [_outputs.model(role), _outputs.train_metrics(role), _outputs.train_history(role)]
-    )
+    outputs = model_outputs(role)
     outputs.check()
     net, origin = _networks.pretrained(p.teacher, ds, seed)
     print(f"{stage}: no training; the teacher is {p.teacher.weights}")
