@@ -7,6 +7,7 @@ and a test can tell learning from chance.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import pickle
@@ -67,7 +68,8 @@ def make_archive(
         payloads[name] = dumps(make_batch(per_batch, rng))
     payloads.update(members or {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
+    # mtime 0 in the gzip header as in the tar members: the same images give the same MD5.
+    with gzip.GzipFile(path, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, payload in payloads.items():
             if payload is None:
                 continue

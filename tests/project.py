@@ -67,16 +67,17 @@ def write_params(path: Path, changes: dict, source: Path = ROOT / "params.yaml")
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def copy_project(path: Path, archive: Path, per_batch: int = 40, **params) -> Project:
-    """The committed (and untracked, not ignored) files of this checkout copied to `path`, set to
-    read a tiny archive made at `archive` (`per_batch` images per batch file), with `params`
-    changed, committed in a new repository."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    for name in files:
-        if (ROOT / name).is_file():
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, path / name)
+def copy_project(
+    path: Path, archive: Path, per_batch: int = 40, commit: str | None = None, **params
+) -> Project:
+    """The committed (and untracked, not ignored) files of this checkout copied to `path`, or the
+    tree of `commit` of this repository, set to read a tiny archive made at `archive` (`per_batch`
+    images per batch file), with `params` changed, committed in a new repository."""
+    if commit is None:
+        _copy_checkout(path)
+    else:
+        tree = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(path)], input=tree.stdout, check=True)
     md5 = make_archive(archive, per_batch=per_batch)
     p = Project(path)
     p.set_params(data__url=archive.as_uri(), data__md5=md5, **params)
@@ -84,3 +85,12 @@ def copy_project(path: Path, archive: Path, per_batch: int = 40, **params) -> Pr
     p.run("git", "add", "-A")
     p.run("git", "commit", "-qm", "tiny pipeline")
     return p
+
+
+def _copy_checkout(path: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    for name in files:
+        if (ROOT / name).is_file():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)

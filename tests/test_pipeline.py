@@ -341,7 +341,7 @@ def test_a_stopped_stage_leaves_its_run_killed_not_running(project, first_repro)
     finally:
         proc.kill()
         project.run("git", "checkout", "params.yaml")
-    assert proc.returncode == 130 and "interrupted" in err
+    assert proc.returncode == 130 and "interrupted" in err, err
     statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce-42"})]
     assert "RUNNING" not in statuses and "KILLED" in statuses
 
