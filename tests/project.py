@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from cifar_archive import make_archive
-from conftest import ROOT
+from conftest import EXPERIMENT_FILES, ROOT, committed
 from mlflow.tracking import MlflowClient
 
 
@@ -55,9 +55,10 @@ class Project:
         return [r for r in runs if all(r.data.tags.get(k) == v for k, v in filters.items())]
 
 
-def write_params(path: Path, changes: dict, source: Path = ROOT / "params.yaml") -> None:
-    """`source` (this checkout's params.yaml) with `changes` (dotted key path -> value), to `path`."""
-    doc = yaml.safe_load(source.read_text())
+def write_params(path: Path, changes: dict, source: Path | None = None) -> None:
+    """`source` (by default the committed params.yaml) with `changes` (dotted key path -> value),
+    to `path`."""
+    doc = yaml.safe_load(source.read_text() if source else committed("params.yaml"))
     for dotted, value in changes.items():
         *parents, last = dotted.split(".")
         node = doc
@@ -87,10 +88,26 @@ def copy_project(
     return p
 
 
+# Where a developer's new files, not yet added to git, are part of the project. Elsewhere an
+# untracked file is what the pipeline or DVC wrote (dvc.lock, metrics/*.json with cache: false).
+CODE_FOLDERS = ("pipeline/", "tests/", "bench/", "scripts/")
+
+
 def _copy_checkout(path: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    for name in files:
+    """The checkout's code as it is now (committed or not), without the pipeline's outputs, and
+    the experiment files (params.yaml) as committed."""
+    tracked = _git_files("--cached")
+    new = [name for name in _git_files("--others", "--exclude-standard")
+           if name.startswith(CODE_FOLDERS)]  # fmt: skip
+    for name in [*tracked, *new]:
         if (ROOT / name).is_file():
             (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, path / name)
+    for name in EXPERIMENT_FILES:
+        (path / name).write_text(committed(name))
+
+
+def _git_files(*args: str) -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "-z", *args], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    return [name for name in listed.split("\0") if name]

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from cifar_archive import make_archive, make_batch, md5_of
-from conftest import ROOT
+from conftest import ROOT, committed
 from mlflow.tracking import MlflowClient
 from torchvision import transforms
 
@@ -170,7 +170,7 @@ def run_download_stage(
 ) -> subprocess.CompletedProcess:
     """Run the stage as DVC does, in `workdir`, with the project's params but this archive;
     `file_size_limit` caps the size of any file it writes (RLIMIT_FSIZE), as a full disk would."""
-    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc = yaml.safe_load(committed("params.yaml"))
     doc["data"].update(url=url, md5=md5, **data_params)
     (workdir / "params.yaml").write_text(yaml.safe_dump(doc))
 

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import string
-import subprocess
 import tempfile
 import zlib
 from collections import Counter
@@ -30,7 +29,7 @@ import pytest
 import torch
 import yaml
 from cifar_archive import make_archive, md5_of
-from conftest import ROOT
+from conftest import committed
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -66,14 +65,7 @@ def project() -> Path:
 @functools.cache
 def base_doc() -> dict:
     """The committed params.yaml, made cheap to run: one epoch, small batches, the tiny archive."""
-    try:
-        command = ["git", "-C", str(ROOT), "show", "HEAD:params.yaml"]
-        text = subprocess.run(
-            command, capture_output=True, text=True, check=True, timeout=60
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        text = (ROOT / "params.yaml").read_text()
-    doc = yaml.safe_load(text)
+    doc = yaml.safe_load(committed("params.yaml"))
     archive = project() / "mirror" / "cifar-10-python.tar.gz"
     doc["teacher"]["epochs"] = doc["student"]["epochs"] = 1
     doc["train"].update(batch_size=64, device="cpu")

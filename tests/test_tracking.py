@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import ROOT
 from mlflow.tracking import MlflowClient
+from project import write_params
 
 from pipeline.tracking import TrackingError, check_server
 
@@ -39,8 +40,10 @@ def test_the_embedded_store_needs_no_server():
 
 
 def test_a_stage_fails_before_any_work_with_one_line(tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
-    done = subprocess.run([sys.executable, "-m", "pipeline.stages.report"], cwd=ROOT, env=env,
+    write_params(tmp_path / "params.yaml", {})  # the committed params, not the workspace's
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "pipeline.stages.report"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
