@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.datasets.utils import calculate_md5
-from torchvision.transforms.v2 import functional as TF
 
 from pipeline import progress
 from pipeline.errors import UserError
 from pipeline.files import atomic_path, writing
+from pipeline.images import resize
 
 ARCHIVE_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -115,7 +115,7 @@ def _copy_from(url: str, out: io.BufferedWriter, timeout: float) -> None:
             reason = f"no answer within {timeout:g} s (data.timeout_s)"
         raise DataError(
             f"cannot download {url}: {reason}; without network, get cifar-10-python.tar.gz "
-            "elsewhere and set data.url to its local path or file:// URL"
+            "elsewhere, set data.url to its local path or file:// URL and data.md5 to its MD5"
         ) from e
 
 
@@ -214,12 +214,6 @@ def _stack(splits: list[Split]) -> Split:
     return Split(
         images=torch.cat([s.images for s in splits]), labels=torch.cat([s.labels for s in splits])
     )
-
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 images (3 x H x W, or N x 3 x H x W) resized to size x size, bilinear and antialiased
-    (the aspect ratio is not kept). Images already of that size are returned as they are."""
-    return TF.resize(images, [size, size], antialias=True)
 
 
 def resized(dataset: Cifar10, size: int | None) -> Cifar10:

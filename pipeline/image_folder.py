@@ -12,7 +12,6 @@ file or folder and what to do about it.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import posixpath
 import tarfile
@@ -21,15 +20,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import calculate_md5
 
 from pipeline import progress
-from pipeline.data import Cifar10, DataError, Split, resize
+from pipeline.data import Cifar10, DataError, Split
 from pipeline.errors import one_line
+from pipeline.images import decode, resize
 
 SPLITS = ("train", "test")
 EXTENSIONS = tuple(e.lower() for e in IMG_EXTENSIONS)
@@ -199,14 +197,10 @@ def _decode_all(
 def _decode(path: Path, name: str, blob: bytes, image_size: int | None) -> torch.Tensor:
     """uint8 3 x H x W RGB pixels of one image file (resized to image_size x image_size if given)."""
     try:
-        with Image.open(io.BytesIO(blob)) as image:
-            pixels = np.array(image.convert("RGB"))  # H x W x 3; grey, palette, RGBA all to RGB
-    except (
-        Exception
-    ) as e:  # Pillow's errors for bad bytes have many types (OSError, SyntaxError, ...)
-        raise DataError(f"{path}: {name} cannot be read as an image ({one_line(e, 200)}); remove "
-                        "or replace it") from e  # fmt: skip
-    tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+        tensor = decode(blob)
+    except ValueError as e:
+        raise DataError(f"{path}: {name} cannot be read as an image ({e}); remove or replace "
+                        "it") from e  # fmt: skip
     return tensor if image_size is None else resize(tensor, image_size)
 
 

@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -210,6 +211,27 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return logits_of(self.net(self.normalize(images)))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What rebuilds a deployable model elsewhere from its weights: the network by reference, its
+    classes (folder names, in label order) and the normalisation it was trained with."""
+
+    model: str
+    args: Mapping[str, Any]
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def code_paths(self) -> list[Path]:
+        """The user's code that must travel with the model (none for built-ins, torchvision)."""
+        return code_paths(self.model)
+
+    def network(self) -> nn.Module:
+        """A fresh network of this card's kind, for its weights to be loaded into."""
+        return build(self.model, self.args, len(self.classes), 0, "model")
 
 
 def weights_bytes(net: nn.Module) -> bytes:
