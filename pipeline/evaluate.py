@@ -19,6 +19,10 @@ from torch import nn
 from pipeline.models import logits_of
 
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017)
+# A model's figures at a glance, in this order: DVC's metrics table and MLflow's runs table show
+# these (the teacher has no agreement or KL). Short names, so that `dvc metrics show` fits a
+# terminal: latency_ms is the median batch-1 CPU latency, size_mb the size of the weights file.
+HEADLINE = ("test_accuracy", "teacher_agreement", "teacher_kl", "ece", "latency_ms", "size_mb")
 
 
 @torch.no_grad()
@@ -114,6 +118,13 @@ def quality(
         metrics["teacher_agreement"] = agreement(logits, teacher_logits)
         metrics["teacher_kl"] = kl_to_reference(logits, teacher_logits)
     return metrics, confusion
+
+
+def headline(quality: dict, timing: dict) -> dict:
+    """The HEADLINE figures of one model, from its quality and timing metrics."""
+    merged = {**quality, "latency_ms": timing["latency_ms_p50"],
+              "size_mb": quality["weights_bytes"] / 1e6}  # fmt: skip
+    return {key: merged[key] for key in HEADLINE if key in merged}
 
 
 @torch.inference_mode()

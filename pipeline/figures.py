@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 TEACHER_COLOR = "black"
 
@@ -61,29 +61,58 @@ def tradeoff(models: Mapping[str, Mapping[str, float]]) -> Figure:
 
 
 def curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
-    """Per-epoch training loss, training accuracy and the monitored accuracy (validation when there
-    is a validation split, else test) of every model (one not trained here has no curve)."""
+    """Per-epoch curves, every model overlaid on each panel, epochs as integers.
+
+    The first row compares like with like across models: the cross-entropy term of the training
+    loss (every method has it), training accuracy, and the monitored accuracy (validation when
+    there is a validation split, else test). Below, each variant whose method adds to the
+    cross-entropy gets a panel of its own: its total training loss and each added term, which
+    are on scales of their own. A model not trained here (a given teacher) has no curve."""
     histories = {name: rows for name, rows in histories.items() if rows}
     first = next(iter(histories.values()))[0]
     monitored = "val_accuracy" if "val_accuracy" in first else "test_accuracy"
-    panels = (
-        ("train_loss", "training loss"),
-        ("train_accuracy", "training accuracy (%)"),
-        (monitored, monitored.replace("_", " ").replace("val ", "validation ") + " (%)"),
-    )
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
-    for ax, (key, label) in zip(axes, panels, strict=True):
-        scale = 100 if key.endswith("accuracy") else 1
-        for name, history in histories.items():
-            epochs = [row["epoch"] for row in history]
-            color = TEACHER_COLOR if name == "teacher" else None
-            ax.plot(epochs, [scale * row[key] for row in history], marker="o", markersize=3,
-                    label=name, color=color)  # fmt: skip
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-    axes[-1].legend()
+    shared = (("train_ce", "training cross-entropy"),
+              ("train_accuracy", "training accuracy (%)"),
+              (monitored, monitored.replace("_", " ").replace("val ", "validation ") + " (%)"))  # fmt: skip
+    own = [name for name, rows in histories.items() if _added_terms(rows[0])]
+    columns = 3
+    fig, axes = plt.subplots(1 + -(-len(own) // columns), columns, squeeze=False,
+                             figsize=(14, 4.2 * (1 + -(-len(own) // columns))), layout="constrained")  # fmt: skip
+    for ax, (key, label) in zip(axes[0], shared, strict=True):
+        for name, rows in histories.items():
+            scale = 100 if key.endswith("accuracy") else 1
+            _line(ax, rows, key, scale, name, TEACHER_COLOR if name == "teacher" else None)
+        _axes(ax, label)
+    axes[0][-1].legend()
+    panels = [ax for row in axes[1:] for ax in row]
+    for ax, name in zip(panels, own, strict=False):
+        rows = histories[name]
+        _line(ax, rows, "train_loss", 1, "total", None)
+        for term in _added_terms(rows[0]):
+            _line(ax, rows, f"train_{term}", 1, term, None, linestyle="--")
+        _axes(ax, f"{name}: training loss")
+        ax.legend()
+    for ax in panels[len(own) :]:
+        ax.set_visible(False)
     return fig
+
+
+def _added_terms(row: Mapping[str, float]) -> list[str]:
+    """The loss terms a method adds to cross-entropy (train_<term> besides train_ce)."""
+    skip = {"train_ce", "train_loss", "train_accuracy"}
+    return [k.removeprefix("train_") for k in row if k.startswith("train_") and k not in skip]
+
+
+def _line(ax, rows, key: str, scale: float, label: str, color, **style) -> None:
+    ax.plot([r["epoch"] for r in rows], [scale * r[key] for r in rows], marker="o",
+            markersize=3, label=label, color=color, **style)  # fmt: skip
+
+
+def _axes(ax, label: str) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 1.2, 1.4, ...
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
 
 
 def _compact(x: float, _pos: int) -> str:

@@ -8,7 +8,7 @@ statistics of each variant against the CE-only baseline, paired by seed.
 from __future__ import annotations
 
 import statistics as stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline import stats
@@ -27,7 +27,7 @@ def mean_of(per_seed: Mapping[str, Mapping[str, Any]], key: str) -> float | None
     return stat.fmean(values) if values else None
 
 
-def champion(evaluation: Tree, select_by: str) -> tuple[str, str]:
+def best_student(evaluation: Tree, select_by: str) -> tuple[str, str]:
     """(variant, seed) of the single best student by `select_by` (the first listed wins a tie)."""
     sign = 1 if DIRECTION[select_by] == "max" else -1
     candidates = [
@@ -67,12 +67,12 @@ def comparison_table(
     evaluation: Tree,
     speed: Tree,
     baseline: str | None,
-    champion: tuple[str, str] | None = None,
+    best: tuple[str, str] | None = None,
 ) -> str:
     """A markdown table of the teacher and every variant, means over seeds.
 
     Differences are to `baseline`'s mean accuracy (the CE-only student), speed-ups to the teacher's
-    median batch-1 latency; the champion's variant is marked.
+    median batch-1 latency; the best student's variant is marked.
     """
     quality, timing = rows(evaluation), rows(speed)
     base_acc = mean_of(quality[baseline], "test_accuracy") if baseline in quality else None
@@ -91,11 +91,7 @@ def comparison_table(
             if base_acc is not None and name not in (baseline, "teacher")
             else ""
         )
-        label = (
-            f"**{name}** (champion: seed {champion[1]})"
-            if champion and name == champion[0]
-            else name
-        )
+        label = f"**{name}** (best: seed {best[1]})" if best and name == best[0] else name
         agreement, kl = mean_of(per_seed, "teacher_agreement"), mean_of(per_seed, "teacher_kl")
         p50, p95 = mean_of(t, "latency_ms_p50"), mean_of(t, "latency_ms_p95")
         lines.append(
@@ -131,6 +127,26 @@ def statistics_table(table: Mapping[str, Any], baseline: str | None) -> str:
             row += f"| {_points(d['mean_diff'])} | {_interval(d, _points)} | {p} | {d['verdict']} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+# The per-epoch quantities that DVC's plots overlay across models (see curve_tables).
+CURVES = ("train_ce", "train_accuracy", "monitored_accuracy")
+
+
+def curve_tables(curves: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, list[dict]]:
+    """Per quantity of CURVES, one row per model and epoch, {"epoch", "model", <quantity>}, from
+    each model's per-epoch records: DVC draws one line per model. monitored_accuracy is the test
+    accuracy, or the validation accuracy when there is a validation split (the training precision's,
+    as monitored after each epoch)."""
+    tables: dict[str, list[dict]] = {name: [] for name in CURVES}
+    for model, rows in curves.items():
+        for row in rows:
+            monitored = row.get("val_accuracy", row.get("test_accuracy"))
+            values = {"train_ce": row["train_ce"], "train_accuracy": row["train_accuracy"],
+                      "monitored_accuracy": monitored}  # fmt: skip
+            for name in CURVES:
+                tables[name].append({"epoch": row["epoch"], "model": model, name: values[name]})
+    return tables
 
 
 def last_epoch_tree(train_metrics: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Tree | None:

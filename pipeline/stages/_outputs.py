@@ -7,12 +7,21 @@ from pathlib import Path
 
 DATA = Path("data/cifar10.safetensors")
 TEACHERS_DIR = Path("models/teachers")
-EVALUATION = Path("metrics/evaluation.json")
-SPEED = Path("metrics/speed.json")
-STATISTICS = Path("metrics/statistics.json")
+# DVC's metrics: one small file per model with its headline figures, so that `dvc metrics show`
+# prints one row per model. The details (per-class accuracy, p95 latency, statistics) are in
+# reports/, beside the report that reads them.
+METRICS_DIR = Path("metrics")
+EVALUATION = Path(
+    "reports/evaluation.json"
+)  # quality: reproducible (the same models, the same file)
+SPEED = Path("reports/speed.json")  # latency and throughput: measured, so they vary per run
+STATISTICS = Path("reports/statistics.json")
 REPORT = Path("reports/comparison.md")
 TRADEOFF_PLOT = Path("reports/tradeoff.png")
 CURVES_PLOT = Path("reports/curves.png")
+CURVES_DIR = Path(
+    "plots/curves"
+)  # <quantity>.json: every model's per-epoch values, for DVC's plots
 
 
 def teacher_role(seed: int) -> str:
@@ -36,8 +45,14 @@ def teacher_outputs(seed: int) -> Path:
     return Path(f"data/teacher_outputs/{seed}.safetensors")
 
 
+def headline(role: str) -> Path:
+    """metrics/<role>.json: test accuracy, agreement, KL, ECE, latency, size."""
+    return METRICS_DIR / f"{role}.json"
+
+
 def train_metrics(role: str) -> Path:
-    return Path(f"metrics/train/{role}.json")
+    """What a training ends with: the last epoch's figures and, with a validation split, the best."""
+    return Path(f"reports/train/{role}.json")
 
 
 def train_history(role: str) -> Path:

@@ -16,13 +16,14 @@ from torch import nn
 from pipeline import checkpoint, data, files, models, provenance, tracking
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import Terms
-from pipeline.params import Params
+from pipeline.params import Params, RoleParams
 from pipeline.stages import _inputs, _outputs
 from pipeline.taps import Tapped
 from pipeline.train import FitConfig, LoopState, Targets, fit, resolve_device
 
 # Wall-clock figures go to MLflow only: DVC outputs must be the same on every rerun.
 TIMING = ("epoch_seconds",)
+TRAINING = "training/"  # MLflow's name for what a training ends with: apart from evaluated figures
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def train_and_record(
     loss_fn: Callable[..., Terms],
     epochs: int,
     run_params: dict[str, Any],
-    code_paths: list[Path],
+    spec: RoleParams,
     teaching: Teaching = NO_TEACHING,
     augment: bool = False,
 ) -> None:
@@ -114,8 +115,8 @@ def train_and_record(
     interruption resumes after the last complete epoch, copies the earlier epochs' metrics into its
     run and records which run it resumed from. The file of the teacher whose targets a student
     learns from is part of what a checkpoint must match (its cached outputs follow from it, the
-    params and the code, which the checkpoint's key covers too). `code_paths` travel with the
-    logged model (a user's model code).
+    params and the code, which the checkpoint's key covers too). `spec` is the model's entry in
+    params.yaml (teacher or student): the logged model is rebuilt from it, with the user's code.
 
     Without a validation split (the tutorial's protocol) the model is the last epoch's and the test
     accuracy is monitored every epoch. With one, only validation accuracy is monitored, the model is
@@ -130,7 +131,8 @@ def train_and_record(
                        p.train.precision, augment)  # fmt: skip
     monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
     data_md5 = files.md5(_outputs.DATA.read_bytes())
-    saved_to = _checkpoint(stage, role, run_params, data_md5, teaching.weights, code_paths)
+    card = model_card(spec, p, ds)
+    saved_to = _checkpoint(stage, role, run_params, data_md5, teaching.weights, card.code_paths)
     resumed = saved_to.load()
     with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
         tags = {"device": str(device), "precision": p.train.precision, "data.file_md5": data_md5}
@@ -143,10 +145,11 @@ def train_and_record(
             on_epoch=epochs_of.epoch, on_checkpoint=epochs_of.checkpoint,
             start=resumed["loop"] if resumed else None, desc=stage)  # fmt: skip
         summary = _summary(net.net, ds, epochs_of.best, normalize, device)
-        # The per-epoch metrics are already in the run (MLflow shows their last value); add the rest.
-        run.log_metrics({**summary, "train_seconds": time.perf_counter() - started})
+        # The per-epoch metrics are already in the run; the evaluate stage adds the evaluated ones.
+        run.log_metrics({**summary, "seconds": time.perf_counter() - started}, prefix=TRAINING)
         deployable = models.Classifier(net.net, normalize)
-        record_outputs(run, outputs, role, deployable, ds, epochs_of.history, summary, code_paths)
+        record_outputs(run, outputs, role, deployable, card, ds.test.images[:2], epochs_of.history,
+                       summary)  # fmt: skip
     saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
 
 
@@ -208,22 +211,28 @@ def _summary(
     return summary
 
 
+def model_card(spec: RoleParams, p: Params, ds: Dataset) -> models.ModelCard:
+    """What the logged model is rebuilt from: `spec` (p.teacher or p.student), the data's classes
+    and the normalisation."""
+    return models.ModelCard(spec.model, spec.args, ds.classes, p.normalize.mean, p.normalize.std)
+
+
 def record_outputs(
     run: tracking.StageRun,
     outputs: files.OutputSet,
     role: str,
     deployable: models.Classifier,
-    ds: Dataset,
+    card: models.ModelCard,
+    example: torch.Tensor,
     history: list[dict],
     summary: dict[str, float],
-    code_paths: list[Path],
 ) -> None:
-    """Log the model, then write the DVC outputs of `role`, together."""
+    """Log the model (with uint8 `example` images), then write the DVC outputs of `role`, together."""
     weights = models.weights_bytes(deployable.net)
     # The weights' MD5 is the hash dvc.lock records for the model file: it links each DVC
-    # output to the run (and logged model) that produced it.
+    # output to the run (and logged model) that produced it; the logged model holds these bytes.
     run.tag_weights(files.md5(weights))
-    run.log_model(deployable, ds.test.images[:2], code_paths)
+    run.log_model(deployable, weights, card, example)
     last = history[-1] if history else {}  # no epochs: a teacher given by teacher.weights
     final = {**{k: v for k, v in last.items() if k != "epoch"}, **summary}
     with outputs.commit() as staged:

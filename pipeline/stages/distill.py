@@ -65,7 +65,7 @@ def main(p: params.Params, args: list[str]) -> None:
                 **variant.kwargs,
             },
         },
-        code_paths=models.code_paths(p.student.model),
+        spec=p.student,
         teaching=teaching,
         augment=variant.augment,
     )

@@ -1,12 +1,13 @@
 """Stage `report`: what distillation bought, from the evaluation metrics and the training curves.
 
 Writes reports/comparison.md (the comparison table, means over seeds, and the statistics table:
-each variant against the CE-only student, paired by seed, with a verdict), metrics/statistics.json,
+each variant against the CE-only student, paired by seed, with a verdict), reports/statistics.json,
 reports/tradeoff.png (accuracy against parameters and latency) and reports/curves.png (per-epoch
-loss and accuracy, mean over seeds), and logs them, with the headline metrics, on the run that
-groups the pipeline invocation. Registers the champion (the best student by registry.select_by, or
-by validation accuracy when there is a validation split) as `champion` and its teacher in the
-MLflow model registry. Reads the variants, seeds, teacher.seeds, data.val_size and registry.
+curves of every model), and logs them, with each variant's mean and paired difference, on the run
+that groups the pipeline invocation. In the MLflow model registry: registers the best student (by
+registry.select_by, or by validation accuracy when there is a validation split) as `challenger`,
+moves `champion` to it only when it beats the champion on the same data, and registers its teacher.
+Reads the variants, seeds, teacher.seeds, data.{test,val}_size and registry.
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
-from pipeline import figures, files, losses, params, report, tracking
+from pipeline import champion, figures, files, losses, params, report, tracking
 from pipeline.stages import _inputs, _outputs
 from pipeline.stages._cli import no_arguments, run
 
-CHAMPION = "champion"
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def main(p: params.Params, args: list[str]) -> None:
     no_arguments(args)
-    outputs = files.OutputSet(
-        [_outputs.REPORT, _outputs.STATISTICS, _outputs.TRADEOFF_PLOT, _outputs.CURVES_PLOT]
-    )
+    curve_files = {name: _outputs.CURVES_DIR / f"{name}.json" for name in report.CURVES}
+    outputs = files.OutputSet([_outputs.REPORT, _outputs.STATISTICS, _outputs.TRADEOFF_PLOT,
+                               _outputs.CURVES_PLOT, *curve_files.values()])  # fmt: skip
     outputs.check()
     # Validation only, when there is a validation split: the test set must not pick the model.
     select_by = "val_accuracy" if p.data.val_size else p.registry.select_by
@@ -38,53 +40,54 @@ def main(p: params.Params, args: list[str]) -> None:
     baseline = next(
         (v.name for v in p.variants.values() if not losses.get(v.method).needs_teacher), None
     )
-    best = report.champion(evaluation, select_by)
+    best = report.best_student(evaluation, select_by)
     train = _train_metrics(p)
     table_stats = report.statistics(evaluation, baseline, report.last_epoch_tree(train))
     text = (
         f"{report.comparison_table(evaluation, speed, baseline, best)}\n"
-        f"Means over seeds {', '.join(map(str, p.seeds))}. Champion by {select_by}: **{best[0]}**, "
-        f"seed {best[1]}. Speed-up is the teacher's median batch-1 CPU latency over the model's; "
+        f"Means over seeds {', '.join(map(str, p.seeds))}. Best student by {select_by}: "
+        f"**{best[0]}**, seed {best[1]} (registered as the challenger). Speed-up is the teacher's median batch-1 CPU latency over the model's; "
         "throughput is at batch 256.\n\n"
         f"{report.statistics_table(table_stats, baseline)}\n"
         "Paired by seed (same initial weights, same batches); 95 % intervals from Student's t; "
         "p-value of the two-sided paired t-test; verdict at p < 0.05.\n"
     )
+    curves = _mean_curves(p)
     rendered = {
         _outputs.REPORT: text.encode(),
         _outputs.STATISTICS: files.json_bytes(table_stats),
         _outputs.TRADEOFF_PLOT: _png(figures.tradeoff(_points(evaluation, speed))),
-        _outputs.CURVES_PLOT: _png(figures.curves(_mean_curves(p))),
+        _outputs.CURVES_PLOT: _png(figures.curves(curves)),
     }
-    to_register = _registered(p, evaluation, best)
-    # The weights of the models to register, read now rather than after the run has opened.
-    md5s = {role: _inputs.md5(_outputs.model(role), _outputs.stage_of(role))
-            for role, *_ in to_register}  # fmt: skip
+    tables = report.curve_tables({name: rows for name, rows in curves.items() if rows})
+    student, teacher = _to_register(p, evaluation, best, select_by)
     used = {"baseline": baseline, "select_by": select_by, "registry": vars(p.registry)}
     with tracking.stage_run("report", p.mlflow.experiment, used, p.data.md5) as r:
         # The parent groups the invocation: with the results on it, its row in the UI shows them.
         _log_artifacts(r, {k: v for k, v in rendered.items() if k != _outputs.STATISTICS})
-        r.log_metrics(evaluation, to_parent=True)
-        r.log_metrics(speed, to_parent=True)
-        r.log_metrics({"statistics": table_stats}, to_parent=True)
+        rendered |= {
+            curve_files[name]: files.json_bytes(rows, compact=True) for name, rows in tables.items()
+        }
+        r.log_metrics(_per_variant(table_stats, baseline), to_parent=True)
         verdicts = {f"verdict.{v}": e[f"vs_{baseline}"]["verdict"]
                     for v, e in table_stats.items() if f"vs_{baseline}" in e}  # fmt: skip
         r.set_tags(verdicts, to_parent=True)
-        register(r, to_register, md5s, select_by)
+        register(r, teacher)
+        r.set_tags({"champion": promote_if_better(r, student, select_by)}, to_parent=True)
         with outputs.commit() as staged:  # last, and together: a failure leaves none of them
             for path, blob in rendered.items():
                 staged.write_bytes(path, blob)
     print(text)
 
 
-# What the report reads of each model in metrics/evaluation.json and metrics/speed.json.
+# What the report reads of each model in reports/evaluation.json and reports/speed.json.
 QUALITY = ("test_accuracy", "ece", "parameters", "weights_bytes")
 AGAINST_TEACHER = ("teacher_agreement", "teacher_kl")  # students only
 SPEED = ("latency_ms_p50", "latency_ms_p95", "throughput")
 
 
 def _evaluation(p: params.Params, select_by: str) -> tuple[dict, dict]:
-    """metrics/evaluation.json and metrics/speed.json, checked to hold, for every model params
+    """reports/evaluation.json and reports/speed.json, checked to hold, for every model params
     lists, every figure the report reads."""
     teachers = [("teacher", str(s)) for s in p.teacher.seeds]
     students = [("students", v, str(s)) for v in p.variants for s in p.seeds]
@@ -99,7 +102,7 @@ def _evaluation(p: params.Params, select_by: str) -> tuple[dict, dict]:
 
 
 def _train_metrics(p: params.Params) -> dict[str, dict[str, dict]]:
-    """metrics/train/<variant>-<seed>.json of every student, by variant and seed."""
+    """reports/train/<variant>-<seed>.json of every student, by variant and seed."""
     needed = (("last_epoch_test_accuracy",),) if p.data.val_size else ()
     return {
         v: {
@@ -126,38 +129,80 @@ def _log_artifacts(r: tracking.StageRun, rendered: dict[Path, bytes]) -> None:
             r.log_artifact(Path(folder) / path.name, to_parent=True)
 
 
-def register(
-    r: tracking.StageRun, models: list[tuple], md5s: dict[str, str], select_by: str
-) -> None:
-    """Each of `models` (see _registered) as a version of its registered model, found in MLflow by
-    the MD5 of its weights file (`md5s`, by role)."""
-    for role, metrics, name, alias in models:
-        md5 = md5s[role]
-        keys = {"test_accuracy", select_by} & metrics.keys()
-        tags = {"role": role, **{key: str(metrics[key]) for key in sorted(keys)}}
-        version = r.register_model(md5, name, alias, tags)
-        if version is None:
-            print(f"warning: no finished MLflow run logged {_outputs.model(role)} (MD5 {md5}), so it "
-                  f"was not registered; `dvc repro -f` its stage to log it again", file=sys.stderr)  # fmt: skip
-        else:
-            print(
-                f"registered {role} as {name} version {version}" + (f" @{alias}" if alias else "")
-            )
+class ToRegister(NamedTuple):
+    role: str
+    weights_md5: str  # what finds, in MLflow, the run that logged the model
+    name: str  # the registered model
+    tags: dict[str, str]
 
 
-def _registered(
-    p: params.Params, evaluation: dict, best: tuple[str, str]
-) -> list[tuple[str, dict, str, str | None]]:
-    """(role, its metrics, registered model name, alias): the champion, with alias `champion`,
-    and its teacher."""
+def register(r: tracking.StageRun, model: ToRegister) -> tracking.Version | None:
+    """`model` as a version of its registered model; None (and a warning) when no run logged it."""
+    version = tracking.register(r.experiment_id, model.weights_md5, model.name, model.tags)
+    if version is None:
+        print(f"warning: no finished MLflow run logged {_outputs.model(model.role)} (MD5 "
+              f"{model.weights_md5}), so it was not registered; `dvc repro -f "
+              f"{_outputs.stage_of(model.role)}` to log it again", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"registered {model.role} as {model.name} version {version.version}")
+    return version
+
+
+def promote_if_better(r: tracking.StageRun, student: ToRegister, select_by: str) -> str:
+    """Register the best student as `challenger`; move `champion` to it only if it beats the
+    champion on `select_by`, measured on the same data. Returns the line that says what happened."""
+    challenger = register(r, student)
+    if challenger is None:
+        return "champion unchanged: the best student was not registered"
+    tracking.set_alias(student.name, CHALLENGER, challenger.version)
+    current = tracking.by_alias(student.name, CHAMPION)
+    move, message = champion.decide(
+        champion.standing(challenger.version, challenger.tags, select_by),
+        None if current is None else champion.standing(current.version, current.tags, select_by),
+        select_by,
+        student.name,
+    )
+    if move:
+        tracking.set_alias(student.name, CHAMPION, challenger.version)
+    print(message)
+    return message
+
+
+def _to_register(
+    p: params.Params, evaluation: dict, best: tuple[str, str], select_by: str
+) -> tuple[ToRegister, ToRegister]:
+    """The best student (with its selection figure and the data it was measured on) and its
+    teacher. The weights are read now, before the report's run opens."""
     variant, seed = best
+    student_role = _outputs.student_role(variant, seed)
     teacher_seed = p.teacher_seed(int(seed))
-    return [
-        (_outputs.student_role(variant, seed), evaluation["students"][variant][seed],
-         p.registry.student, CHAMPION),
-        (_outputs.teacher_role(teacher_seed), evaluation["teacher"][str(teacher_seed)],
-         p.registry.teacher, None),
-    ]  # fmt: skip
+    teacher_role = _outputs.teacher_role(teacher_seed)
+    measured_on = champion.evaluation_data(_inputs.md5(_outputs.DATA, "download"),
+                                           p.data.test_size, p.data.val_size)  # fmt: skip
+    figures_of = {student_role: evaluation["students"][variant][seed],
+                  teacher_role: evaluation["teacher"][str(teacher_seed)]}  # fmt: skip
+    made = {}
+    for role, name in ((student_role, p.registry.student), (teacher_role, p.registry.teacher)):
+        value = figures_of[role].get(select_by, figures_of[role]["test_accuracy"])
+        tags = {"role": role, "test_accuracy": repr(figures_of[role]["test_accuracy"]),
+                **champion.version_tags(value, select_by, measured_on)}  # fmt: skip
+        made[role] = ToRegister(role, _inputs.md5(_outputs.model(role), _outputs.stage_of(role)),
+                                name, tags)  # fmt: skip
+    return made[student_role], made[teacher_role]
+
+
+def _per_variant(table: dict, baseline: str | None) -> dict[str, float]:
+    """What the invocation's run shows per variant: mean test accuracy over seeds and, against
+    the baseline, the mean paired difference and its p-value (a section of charts each)."""
+    shown = {}
+    for variant, e in table.items():
+        shown[f"mean_test_accuracy/{variant}"] = e["test_accuracy"]["mean"]
+        versus = e.get(f"vs_{baseline}")
+        if versus is not None:
+            shown[f"vs_{baseline}/{variant}"] = versus["mean_diff"]
+            if versus["p_value"] is not None:
+                shown[f"p_value/{variant}"] = versus["p_value"]
+    return shown
 
 
 def _points(evaluation: dict, speed: dict) -> dict[str, dict[str, float]]:

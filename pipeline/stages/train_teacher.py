@@ -6,14 +6,16 @@ things are recorded or fetched from, not what is computed)."""
 
 from __future__ import annotations
 
-from pipeline import losses, models, params, tracking
+from pipeline import losses, params, tracking
 from pipeline.stages import _networks, _outputs
 from pipeline.stages._cli import run, seed_argument
 from pipeline.stages._training import (
+    TRAINING,
     Dataset,
     common_params,
     evaluated,
     load_dataset,
+    model_card,
     model_outputs,
     record_dataset,
     record_outputs,
@@ -44,7 +46,7 @@ def main(p: params.Params, args: list[str]) -> None:
         loss_fn=losses.bind("ce", {}),
         epochs=p.teacher.epochs,
         run_params=run_params,
-        code_paths=models.code_paths(p.teacher.model),
+        spec=p.teacher,
     )
 
 
@@ -62,9 +64,11 @@ def adopt(p: params.Params, seed: int, ds: Dataset, run_params: dict) -> None:
         r.set_tags({f"teacher.{key}": value for key, value in origin.items()})
         record_dataset(r, p, ds)
         deployable, summary = evaluated(net, p, ds)
-        r.log_metrics(summary)
-        record_outputs(r, outputs, role, deployable, ds, [], summary,
-                       models.code_paths(p.teacher.model))  # fmt: skip
+        r.log_metrics(
+            summary, prefix=TRAINING
+        )  # as a trained one's end: the evaluate stage adds the rest
+        record_outputs(r, outputs, role, deployable, model_card(p.teacher, p, ds),
+                       ds.test.images[:2], [], summary)  # fmt: skip
 
 
 if __name__ == "__main__":
