@@ -90,7 +90,7 @@ def copy_project(
 
 # Where a developer's new files, not yet added to git, are part of the project. Elsewhere an
 # untracked file is what the pipeline or DVC wrote (dvc.lock, metrics/*.json with cache: false).
-CODE_FOLDERS = ("pipeline/", "tests/", "bench/", "scripts/")
+CODE_FOLDERS = ("pipeline/", "tests/", "bench/", "scripts/", ".dvc/plots/")
 
 
 def _copy_checkout(path: Path) -> None:

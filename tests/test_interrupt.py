@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 20  # long enough that a signal sent after the first checkpoint lands mid-training
 OUTPUTS = {
-    "train_teacher@42": ["models/teachers/teacher-42.safetensors", "metrics/train/teacher-42.json",
+    "train_teacher@42": ["models/teachers/teacher-42.safetensors", "reports/train/teacher-42.json",
                          "plots/train/teacher-42.json"],
     "distill@regressor-42": ["models/students/regressor-42.safetensors",
-                             "metrics/train/regressor-42.json", "plots/train/regressor-42.json"],
+                             "reports/train/regressor-42.json", "plots/train/regressor-42.json"],
 }  # fmt: skip
 
 
@@ -111,6 +111,6 @@ def test_a_stage_stopped_mid_training_resumes_to_the_same_result(project, unbrok
     assert previous.info.status == "KILLED"  # SIGKILL too: closed by the rerun
     assert previous.data.tags["resumed_by.run_id"] == resumed.info.run_id
     # The resumed run's curves are whole: every epoch once.
-    history = project.client.get_metric_history(resumed.info.run_id, "train_loss")
+    history = project.client.get_metric_history(resumed.info.run_id, "epoch/train_loss")
     assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
     assert "RUNNING" not in {r.info.status for r in runs.values()}

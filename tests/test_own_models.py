@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 from project import Project, copy_project, write_params
 
-from pipeline import data, files
+from pipeline import data, files, images
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def test_every_variant_runs_on_a_resnet_teacher_a_user_student_and_an_image_fold
     ds = data.load(project.path / "data/cifar10.safetensors")
     assert ds.classes == tuple(CLASSES)
     assert ds.train.images.shape == (72, 3, 24, 24) and ds.test.images.shape == (24, 3, 24, 24)
-    evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
+    evaluation = json.loads((project.path / "reports/evaluation.json").read_text())
     for name in ("ce", "kd", "cosine", "regressor"):
         assert list(evaluation["students"][name]["42"]["per_class_accuracy"]) == CLASSES
     assert evaluation["teacher"]["42"]["parameters"] == 11_178_051  # resnet18, 3 classes
@@ -127,13 +127,17 @@ def test_the_logged_student_loads_in_a_fresh_process_elsewhere_and_predicts_as_t
     project, first_repro, tmp_path
 ):
     ds = data.load(project.path / "data/cifar10.safetensors")
-    np.save(tmp_path / "images.npy", ds.test.images.numpy())
+    (tmp_path / "images").mkdir()
+    for i, pixels in enumerate(ds.test.images):
+        (tmp_path / "images" / f"{i:03d}.png").write_bytes(images.encode_png(pixels))
     role = project.client.get_model_version_by_alias("cifar10-student", "champion").tags["role"]
     script = (
-        "import sys, json, numpy as np, mlflow.pyfunc\n"
+        "import sys, json, pathlib, pandas as pd, mlflow.pyfunc\n"
         "assert 'usermodels' not in sys.modules\n"
         "m = mlflow.pyfunc.load_model('models:/cifar10-student@champion')\n"
-        "print(json.dumps(m.predict(np.load('images.npy')).argmax(axis=1).tolist()))\n"
+        "files = sorted(pathlib.Path('images').iterdir())\n"
+        "answer = m.predict(pd.DataFrame({'image': [f.read_bytes() for f in files]}))\n"
+        "print(json.dumps(list(answer['class'])))\n"
     )
     env = {k: v for k, v in project.env.items() if k != "PYTHONPATH"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project.path / 'mlflow.db'}"
@@ -142,7 +146,7 @@ def test_the_logged_student_loads_in_a_fresh_process_elsewhere_and_predicts_as_t
     assert done.returncode == 0, done.stderr
     predicted = json.loads(done.stdout.strip().splitlines()[-1])
     rows = json.loads((project.path / f"plots/confusion/{role}.json").read_text())
-    assert [CLASSES[i] for i in predicted] == [r["predicted"] for r in rows]
+    assert predicted == [r["predicted"] for r in rows]  # class names, as the pipeline's
 
 
 def _teacher_run(project: Project):
@@ -162,7 +166,7 @@ def test_a_teacher_given_by_models_uri_is_not_trained_and_the_students_learn_fro
     assert run.data.tags["teacher.weights_uri"] == "models:/cifar10-teacher/1"
     assert run.data.params["teacher.weights"] == "models:/cifar10-teacher/1"
     assert run.data.params["teacher.weights_uri"] == "models:/cifar10-teacher/1"
-    assert "train_loss" not in run.data.metrics and "test_accuracy" in run.data.metrics
+    assert "epoch/train_loss" not in run.data.metrics and "test_accuracy" in run.data.metrics
     # The registered version is the teacher trained above: the same weights, so the same students.
     after = {p.name: files.md5(p.read_bytes()) for p in project.path.glob("models/*/*")}
     assert after == before and files.md5(teacher.read_bytes()) == before[teacher.name]
@@ -183,7 +187,7 @@ def test_a_teacher_given_by_file_is_not_trained_and_the_students_learn_from_it(
     run = _teacher_run(project)
     md5 = files.md5((project.path / "pretrained/teacher.pt").read_bytes())
     assert run.data.tags["teacher.weights_md5"] == run.data.params["teacher.weights_md5"] == md5
-    assert "train_loss" not in run.data.metrics
+    assert "epoch/train_loss" not in run.data.metrics
     loaded = safetensors.torch.load_file(project.path / "models/teachers/teacher-42.safetensors")
     assert torch.equal(loaded["fc.bias"], state["fc.bias"])
     cache = safetensors.torch.load_file(project.path / "data/teacher_outputs/42.safetensors")

@@ -4,23 +4,30 @@ The project is copied into a fresh git repository under a temp folder; the tests
 run in order against that one copy (each builds on the state the previous one left).
 """
 
+import base64
 import json
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
-import numpy as np
+import mlflow.artifacts
+import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from project import Project, copy_project
 
-from pipeline import data, models
+from pipeline import data, files, images, models
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +53,9 @@ def metrics_of(tree: dict, name: str, seed: int = 42) -> dict:
 
 
 # Outputs that hold measured latency/throughput, so they differ between runs of the same models.
-TIMED = {"metrics/speed.json", "reports/comparison.md", "reports/tradeoff.png"}
+# (DVC's metrics, metrics/*.json, hold the median latency.)
+TIMED = {"reports/speed.json", "reports/comparison.md", "reports/tradeoff.png", "metrics",
+         *(f"metrics/{m}-42.json" for m in MODELS)}  # fmt: skip
 TEST_IMAGES = 40  # make_archive(per_batch=40): one test batch
 
 
@@ -64,21 +73,32 @@ def first_repro(project) -> list[str]:
 
 def test_repro_runs_every_stage(project, first_repro):
     assert first_repro == STAGES
-    for path in [TEACHER_WEIGHTS, "metrics/evaluation.json", "reports/comparison.md",
+    for path in [TEACHER_WEIGHTS, "reports/evaluation.json", "reports/comparison.md",
                  *(weights_of(s) for s in STUDENTS)]:  # fmt: skip
         assert (project.path / path).is_file(), path
 
 
+def invocations(project: Project) -> list:
+    """The parent runs, one per pipeline invocation, newest first."""
+    runs = project.runs(**{"pipeline.kind": "invocation"})
+    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)
+
+
+def children(project: Project, parent) -> dict:
+    """The runs under `parent`, by name (a model's run has its training stage's name)."""
+    return {r.info.run_name: r for r in project.runs(**{"mlflow.parentRunId": parent.info.run_id})}
+
+
 def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repro):
-    runs = project.runs()
-    by_name = {r.info.run_name: r for r in runs}
-    assert sorted(by_name) == sorted([*STAGES, "pipeline"]) and len(runs) == len(STAGES) + 1
-    parent = by_name["pipeline"].info.run_id
+    (parent,) = invocations(project)
+    by_name = children(project, parent)
+    assert sorted(by_name) == sorted(STAGES) and len(project.runs()) == len(STAGES) + 1
     commit = project.run("git", "rev-parse", "HEAD").strip()
+    # named after what the user ran: the commit and the time (a DVC experiment's name otherwise)
+    assert re.fullmatch(rf"{commit[:7]} \d{{4}}-\d\d-\d\d \d\d:\d\d", parent.info.run_name)
     for stage in STAGES:
         run = by_name[stage]
         assert run.info.status == "FINISHED"
-        assert run.data.tags["mlflow.parentRunId"] == parent
         assert run.data.tags["dvc.stage"] == stage
         assert run.data.tags["git.commit"] == commit
         assert run.data.tags["git.dirty"] == "false"
@@ -86,45 +106,82 @@ def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repr
             run.data.tags["data.md5"]
             == yaml.safe_load((project.path / "params.yaml").read_text())["data"]["md5"]
         )
-    assert by_name["pipeline"].info.status == "FINISHED"
-    # the report and the headline numbers sit on the parent, so its row in the UI shows them
-    assert "students.kd.42.test_accuracy" in by_name["pipeline"].data.metrics
-    artifacts = [a.path for a in project.client.list_artifacts(parent)]
+    # it spans the invocation: from before the first stage to the end of the last
+    assert parent.info.status == "FINISHED"
+    assert parent.info.start_time <= by_name["download"].info.start_time
+    assert parent.info.end_time >= by_name["report"].info.end_time
+    # the report and each variant's figures sit on the parent, so its row in the UI shows them
+    assert {"mean_test_accuracy/kd", "vs_ce/kd"} <= parent.data.metrics.keys()
+    assert not [m for m in parent.data.metrics if m.startswith(("students.", "teacher."))]
+    assert parent.data.tags["champion"].startswith("champion is cifar10-student v1")
+    artifacts = [a.path for a in project.client.list_artifacts(parent.info.run_id)]
     assert artifacts == ["comparison.md", "curves.png", "tradeoff.png"]
     assert (project.path / "mlartifacts").is_dir() and not (project.path / "mlruns").exists()
 
 
+def test_the_experiment_opens_as_model_training_with_a_view_of_the_models(project, first_repro):
+    exp = project.client.get_experiment_by_name("cifar10-distillation")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.models-by-accuracy"])
+    assert view["orderByKey"] == "metrics.`test_accuracy`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][:2] == ["metrics.`test_accuracy`", "metrics.`teacher_agreement`"]
+    assert "viewStateShareKey=models-by-accuracy" in exp.tags["mlflow.note.content"]
+    # the view's filter selects exactly one run per model (this project has one invocation yet)
+    assert len(invocations(project)) == 1
+    shown = project.client.search_runs([exp.experiment_id], filter_string=view["searchFilter"])
+    assert sorted(r.info.run_name for r in shown) == sorted(
+        ["train_teacher@42", *(f"distill@{s}-42" for s in STUDENTS)]
+    )
+
+
+def png_table(pixels: torch.Tensor) -> pd.DataFrame:
+    """What the logged model takes: one encoded image file per row."""
+    return pd.DataFrame({"image": [images.encode_png(i) for i in pixels]})
+
+
 def test_training_runs_log_params_epochs_dataset_and_a_loadable_model(project, first_repro):
     md5 = yaml.safe_load((project.path / "params.yaml").read_text())["data"]["md5"]
-    test_images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
+    ds = data.load(project.path / "data/cifar10.safetensors")
+    test_images = ds.test.images[:5]
     for stage, arch, weights in [("train_teacher@42", "DeepNN", TEACHER_WEIGHTS),
                                  *((f"distill@{s}-42", "LightNN", weights_of(s)) for s in STUDENTS)]:  # fmt: skip
         (run,) = project.runs(**{"dvc.stage": stage})
         assert run.data.params["train.lr"] == "0.001" and run.data.params["model"] == arch
-        for metric in ["train_loss", "train_accuracy", "test_accuracy"]:
+        # per-epoch values under epoch/, apart from the evaluated figures
+        for metric in ["epoch/train_loss", "epoch/train_accuracy", "epoch/test_accuracy"]:
             history = project.client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in history] == [1], (stage, metric)
+        assert "train_loss" not in run.data.metrics and "training/seconds" in run.data.metrics
         (dataset,) = run.inputs.dataset_inputs
         assert dataset.dataset.digest == md5 and dataset.dataset.name == "cifar10"
-        # The logged model: raw uint8 pixels in, logits out, equal to the DVC output's weights.
+        # The logged model: image files in, classes and probabilities out; inside, the network
+        # of the DVC output's weights (raw uint8 pixels in, logits out).
         mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
         (logged,) = run.outputs.model_outputs
-        loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
         expected = models.Classifier(load_weights(arch, project.path / weights),
                                      data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))).eval()  # fmt: skip
         with torch.no_grad():
-            torch.testing.assert_close(loaded(test_images), expected(test_images))
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
-        assert pyfunc.predict(test_images.numpy()).shape == (5, 10)
-        # the signature speaks uint8 images, so a serving client knows what to send
-        assert pyfunc.metadata.signature.inputs.numpy_types()[0] == np.uint8
+            logits = expected(test_images)
+            torch.testing.assert_close(pyfunc.unwrap_python_model().classifier(test_images), logits)
+        answer = pyfunc.predict(png_table(test_images))
+        assert list(answer.columns) == ["class", "probability", "probabilities", "logits"]
+        assert list(answer["class"]) == [ds.classes[i] for i in logits.argmax(dim=1).tolist()]
+        assert list(answer["probabilities"][0]) == list(ds.classes)
+        torch.testing.assert_close(torch.tensor(list(answer["logits"])), logits)
+        assert pyfunc.metadata.signature.inputs.input_names() == ["image"]
+        artifacts = Path(mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}"))
+        assert (
+            files.md5((artifacts / "artifacts" / "weights.safetensors").read_bytes())
+            == (run.data.tags["model.md5"])
+        )  # the logged weights are the DVC output's bytes
         assert run.data.tags["device"] == "cpu" and run.data.tags["precision"] == "bf16"
     (kd,) = project.runs(**{"dvc.stage": "distill@kd-42"})
     assert kd.data.tags["teacher_outputs"] == "cached"
     assert (
         kd.data.params["variant.temperature"] == "2.0" and kd.data.params["variant.method"] == "kd"
     )
-    assert kd.data.metrics["train_kd"] > 0 and "train_hint" not in kd.data.metrics
+    assert kd.data.metrics["epoch/train_kd"] > 0 and "epoch/train_hint" not in kd.data.metrics
 
 
 def declared_outputs(stage: dict) -> list[str]:
@@ -133,9 +190,11 @@ def declared_outputs(stage: dict) -> list[str]:
 
 
 def test_evaluation_writes_every_metric_for_every_model(project, first_repro):
-    evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
-    speed = json.loads((project.path / "metrics/speed.json").read_text())
+    evaluation = json.loads((project.path / "reports/evaluation.json").read_text())
+    speed = json.loads((project.path / "reports/speed.json").read_text())
     classes = data.load(project.path / "data/cifar10.safetensors").classes
+    (parent,) = invocations(project)
+    runs = children(project, parent)
     for name in MODELS:
         q, t = metrics_of(evaluation, name), metrics_of(speed, name)
         assert 0 <= q["test_accuracy"] <= 1 and 0 <= q["ece"] <= 1
@@ -152,22 +211,28 @@ def test_evaluation_writes_every_metric_for_every_model(project, first_repro):
         assert len(rows) == TEST_IMAGES
         hits = sum(r["actual"] == r["predicted"] for r in rows)
         assert hits / TEST_IMAGES == pytest.approx(q["test_accuracy"])
-    # MLflow has the same numbers under the same names as `dvc metrics show`, and the images
-    (run,) = project.runs(**{"dvc.stage": "evaluate"})
-    assert (
-        run.data.metrics["students.kd.42.test_accuracy"]
-        == evaluation["students"]["kd"]["42"]["test_accuracy"]
-    )
-    assert (
-        run.data.metrics["teacher.42.per_class_accuracy.cat"]
-        == evaluation["teacher"]["42"]["per_class_accuracy"]["cat"]
-    )
-    assert (
-        run.data.metrics["students.ce.42.latency_ms_p95"]
-        == speed["students"]["ce"]["42"]["latency_ms_p95"]
-    )
-    images = [a.path for a in project.client.list_artifacts(run.info.run_id, "confusion")]
-    assert images == sorted(f"confusion/{m}-42.png" for m in MODELS)
+        # DVC's metrics: the headline figures, one small file per model
+        headline = json.loads((project.path / f"metrics/{role}.json").read_text())
+        expected = [
+            "test_accuracy",
+            "teacher_agreement",
+            "teacher_kl",
+            "ece",
+            "latency_ms",
+            "size_mb",
+        ]
+        assert list(headline) == [k for k in expected if name != "teacher" or "teacher_" not in k]
+        assert headline["test_accuracy"] == q["test_accuracy"]
+        assert headline["latency_ms"] == t["latency_ms_p50"]
+        # the model's own run has the same figures, under the same names for every model
+        run = runs["train_teacher@42" if name == "teacher" else f"distill@{role}"]
+        assert run.data.metrics["test_accuracy"] == q["test_accuracy"]  # fp32, as the report
+        assert run.data.metrics["per_class_accuracy/cat"] == q["per_class_accuracy"]["cat"]
+        assert run.data.metrics["latency_ms_p95"] == t["latency_ms_p95"]
+        assert {k for k in headline} <= run.data.metrics.keys()
+        assert "confusion.png" in [a.path for a in project.client.list_artifacts(run.info.run_id)]
+    # the evaluate run holds no flat copies of them
+    assert not runs["evaluate"].data.metrics
 
 
 def test_report_writes_what_it_declares(project, first_repro):
@@ -186,12 +251,18 @@ def test_report_writes_what_it_declares(project, first_repro):
     assert "errors" not in rendered, rendered.get("errors")
     names = set(rendered["data"])
     assert {"reports/tradeoff.png", "reports/curves.png"} <= names
-    assert {f"plots/train/{m}-42.json" for m in MODELS} <= names
+    curves = {
+        f"plots/curves/{q}.json" for q in ("train_ce", "train_accuracy", "monitored_accuracy")
+    }
+    assert curves <= names
     assert {f"plots/confusion/{m}-42.json" for m in MODELS} <= names
+    # each curve overlays every model on one quantity
+    rows = json.loads((project.path / "plots/curves/train_ce.json").read_text())
+    assert {r["model"] for r in rows} == set(MODELS) and {r["epoch"] for r in rows} == {1}
 
 
 def test_champion_and_teacher_are_registered_with_their_lineage(project, first_repro):
-    evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
+    evaluation = json.loads((project.path / "reports/evaluation.json").read_text())
     students = evaluation["students"]
     best = max(students, key=lambda s: students[s]["42"]["test_accuracy"])
     lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
@@ -200,22 +271,156 @@ def test_champion_and_teacher_are_registered_with_their_lineage(project, first_r
         return next(o["md5"] for o in lock[stage]["outs"] if o["path"] == path)
 
     champion = project.client.get_model_version_by_alias("cifar10-student", "champion")
+    challenger = project.client.get_model_version_by_alias("cifar10-student", "challenger")
+    assert str(champion.version) == str(challenger.version) == "1"  # the first: the champion
     weights = weights_of(best)
     assert champion.tags["role"] == f"{best}-42"
+    assert float(champion.tags["test_accuracy"]) == students[best]["42"]["test_accuracy"]
+    assert "test_size all" in champion.tags["evaluated_on"]
     # dvc.lock and MLflow name the same file: the registered version is that run's model
     assert champion.tags["model.md5"] == lock_md5(f"distill@{best}-42", weights)
     (teacher,) = project.client.search_model_versions("name = 'cifar10-teacher'")
     assert teacher.tags["model.md5"] == lock_md5("train_teacher@42", TEACHER_WEIGHTS)
     mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
-    loaded = mlflow.pytorch.load_model("models:/cifar10-student@champion")
+    loaded = mlflow.pyfunc.load_model("models:/cifar10-student@champion")
     images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
     expected = models.Classifier(load_weights("LightNN", project.path / weights),
                                  data.Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))).eval()  # fmt: skip
     with torch.no_grad():
-        torch.testing.assert_close(loaded(images), expected(images))
-    # the report again (same models): no new version
-    project.run(sys.executable, "-m", "pipeline.stages.report")
+        torch.testing.assert_close(
+            loaded.unwrap_python_model().classifier(images), expected(images)
+        )
+    # the report again (same models): no new version, and it says the champion stays
+    out = project.run(sys.executable, "-m", "pipeline.stages.report")
     assert len(project.client.search_model_versions("name = 'cifar10-student'")) == 1
+    assert "champion stays cifar10-student v1" in out and "this report's best student too" in out
+
+
+def test_the_champion_moves_only_up_on_the_same_data(project, first_repro):
+    """The real report stage and registry, on evaluation figures edited so that one chosen student
+    is the report's best, with a chosen accuracy."""
+    evaluation_file = project.path / "reports/evaluation.json"
+    report_outputs = [evaluation_file, *(project.path / "reports").glob("*.*"),
+                      *(project.path / "plots/curves").glob("*.json")]  # fmt: skip
+    saved = {path: path.read_bytes() for path in report_outputs}
+    evaluation = json.loads(saved[evaluation_file])
+    champion = project.client.get_model_version_by_alias("cifar10-student", "champion")
+    first, top = str(champion.version), float(champion.tags["test_accuracy"])
+    assert top < 1, "the champion must leave room above it for this test"
+    other = next(s for s in STUDENTS if f"{s}-42" != champion.tags["role"])
+
+    def report_with(accuracy: float, **params) -> str:
+        edited = json.loads(saved[evaluation_file])
+        for s in STUDENTS:
+            edited["students"][s]["42"]["test_accuracy"] = accuracy if s == other else 0.0
+        evaluation_file.write_text(json.dumps(edited))
+        if params:
+            project.set_params(**params)
+        try:
+            return project.run(sys.executable, "-m", "pipeline.stages.report")
+        finally:
+            project.run("git", "checkout", "params.yaml")
+
+    def alias(name: str) -> str:
+        return str(project.client.get_model_version_by_alias("cifar10-student", name).version)
+
+    try:
+        worse = report_with(top / 2)
+        assert alias("champion") == first and alias("challenger") == "2"
+        assert (f"champion stays cifar10-student v{first} (test_accuracy "
+                f"{100 * top:.2f} %); challenger v2 has {100 * top / 2:.2f} %") in worse  # fmt: skip
+        elsewhere = report_with(1.0, data__test_size=20)  # measured on other data: no comparison
+        assert alias("champion") == first
+        assert (
+            "it was measured on other data" in elsewhere
+            and "python -m pipeline.promote 2" in elsewhere
+        )
+        better = report_with((1 + top) / 2)
+        assert alias("champion") == alias("challenger") == "2"
+        assert (
+            f"champion moves to cifar10-student v2 (test_accuracy {100 * (1 + top) / 2:.2f} %)"
+            in better
+        )
+        # and by hand, back to the first
+        promoted = project.run(sys.executable, "-m", "pipeline.promote", first)
+        assert alias("champion") == first
+        assert f"champion is cifar10-student v{first}" in promoted and "by hand" in promoted
+    finally:
+        for path, blob in saved.items():
+            path.write_bytes(blob)
+    assert evaluation == json.loads(evaluation_file.read_text())
+
+
+def test_predict_classifies_image_files_with_the_champion_or_any_model(
+    project, first_repro, tmp_path
+):
+    ds = data.load(project.path / "data/cifar10.safetensors")
+    png, jpg = tmp_path / "first.png", tmp_path / "second.jpg"
+    png.write_bytes(images.encode_png(ds.test.images[0]))
+    # another size and format: resized to the model's input size
+    Image.fromarray(ds.test.images[1].permute(1, 2, 0).numpy()).resize((64, 48)).save(jpg)
+    role = project.client.get_model_version_by_alias("cifar10-student", "champion").tags["role"]
+    expected = json.loads((project.path / f"plots/confusion/{role}.json").read_text())[0]
+    out = project.run(sys.executable, "-m", "pipeline.predict", str(png), str(jpg))
+    first, second = out.strip().splitlines()[-2:]
+    assert re.fullmatch(
+        rf"{png}: {expected['predicted']} \d+\.\d %  \(\w+ \d+\.\d %, \w+ \d+\.\d %\)", first
+    )
+    assert second.split()[1] in ds.classes
+    # any weights file of the project, and JSON out
+    kd = json.loads((project.path / "plots/confusion/kd-42.json").read_text())[0]["predicted"]
+    out = project.run(sys.executable, "-m", "pipeline.predict", "--json", "--model",
+                      weights_of("kd"), str(png))  # fmt: skip
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["class"] == kd and sum(answer["probabilities"].values()) == pytest.approx(1)
+    # a file that is no image: one line, and no model loaded
+    status, out = project.call(sys.executable, "-m", "pipeline.predict", str(png), __file__)
+    lines = out.strip().splitlines()
+    assert status == 1 and len(lines) == 1, out
+    assert lines[0].startswith(f"error: predict: {__file__}: not an image Pillow can read"), out
+    # the console script of the same
+    script = Path(sys.executable).parent / "pipeline-predict"
+    assert project.run(str(script), "--help").startswith("usage: python -m pipeline.predict")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_class_names(project, first_repro):
+    ds = data.load(project.path / "data/cifar10.safetensors")
+    role = project.client.get_model_version_by_alias("cifar10-student", "champion").tags["role"]
+    expected = json.loads((project.path / f"plots/confusion/{role}.json").read_text())[:2]
+    port = free_port()
+    env = {**project.env, "MLFLOW_TRACKING_URI": f"sqlite:///{project.path / 'mlflow.db'}"}
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/cifar10-student@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              cwd=project.path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "mlflow models serve ended"
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        rows = [[base64.b64encode(images.encode_png(i)).decode()] for i in ds.test.images[:2]]
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+        request = urllib.request.Request(f"{url}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            predictions = json.loads(reply.read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [p["class"] for p in predictions] == [e["predicted"] for e in expected]
+    assert list(predictions[0]["probabilities"]) == list(ds.classes)
+    assert len(predictions[0]["logits"]) == len(ds.classes)
 
 
 def test_outputs_hold_no_machine_paths_or_run_ids(project, first_repro):
@@ -231,11 +436,38 @@ def test_outputs_hold_no_machine_paths_or_run_ids(project, first_repro):
                 assert not any(i in text for i in run_ids), f
 
 
-def test_dvc_metrics_and_plots_commands_work(project, first_repro):
-    shown = project.run("dvc", "metrics", "show")
-    assert "metrics/evaluation.json" in shown and "students.kd.42.test_accuracy" in shown
+def test_dvc_metrics_show_one_row_per_model_that_fits_a_terminal(project, first_repro):
+    shown = project.run("dvc", "metrics", "show").splitlines()
+    header, rows = shown[0].split(), [line.split()[0] for line in shown[1:] if line.strip()]
+    assert header == ["Path", "ece", "latency_ms", "size_mb", "teacher_agreement", "teacher_kl",
+                      "test_accuracy"]  # fmt: skip
+    assert sorted(rows) == sorted(f"metrics/{m}-42.json" for m in MODELS)
+    assert max(map(len, shown)) <= 120, "\n".join(shown)
     project.run("dvc", "plots", "show", "-o", "dvc_plots")
     assert (project.path / "dvc_plots" / "index.html").is_file()
+
+
+def test_dvc_plots_show_renders_with_no_internet(project, first_repro, tmp_path):
+    """scripts/setup installs Vega from the npm registry and inlines it into DVC's HTML template;
+    the page then loads nothing from outside. .ci/run installs Chromium, which renders it here
+    with no network (elsewhere, without Chromium, the page's content is checked alone)."""
+    template = ROOT / ".venv" / "vega" / "dvc-plots.html"
+    assert template.is_file(), "scripts/setup writes it when npm is on PATH: run scripts/setup"
+    project.run("dvc", "plots", "show", "--html-template", str(template), "-o", str(tmp_path))
+    page = tmp_path / "index.html"
+    html = page.read_text()
+    assert not re.search(r"<(script|link)[^>]*(src|href)=", html) and "cdn." not in html
+    assert html.count("vegaEmbed(") == 3 + len(MODELS)  # the three curves, a confusion matrix each
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-background-networking", "--no-first-run",
+                           "--proxy-server=127.0.0.1:9",  # nothing outside can be reached
+                           f"--user-data-dir={tmp_path / 'chromium'}",
+                           "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.stdout.count("<canvas") == 3 + len(MODELS), done.stderr[-2000:]
 
 
 def test_second_repro_runs_nothing_and_logs_nothing(project, first_repro):
@@ -256,23 +488,31 @@ def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_r
     assert project.repro() == ["teacher_outputs@42", "distill@kd-42", "evaluate", "report"]
     assert cache.read_bytes() == cached
     new = [r for r in project.runs() if r.info.run_id not in before]
-    assert sorted(r.info.run_name for r in new) == [
-        "distill@kd-42",
-        "evaluate",
-        "pipeline",
-        "report",
-        "teacher_outputs@42",
-    ]
+    parent = invocations(project)[0]
+    assert re.fullmatch(r"[0-9a-f]{7}\+ .+", parent.info.run_name)  # +: params differ from HEAD
+    assert sorted(r.info.run_name for r in new if r.info.run_id != parent.info.run_id) == sorted([
+        "distill@kd-42", "evaluate", "report", "teacher_outputs@42",
+        # every model of the report is in the invocation: the ones DVC did not retrain link to the
+        # run that trained them, with its params and these evaluated figures
+        "train_teacher@42", "distill@ce-42", "distill@cosine-42", "distill@regressor-42",
+    ])  # fmt: skip
     assert all(r.data.tags["git.dirty"] == "true" for r in new)
+    by_name = children(project, parent)
+    cached = by_name["distill@ce-42"]
+    trained = project.client.get_run(cached.data.tags["trained_by.run_id"])
+    assert cached.data.tags["dvc.cached"] == "true" and trained.info.run_id in before
+    assert cached.data.params == trained.data.params and "test_accuracy" in cached.data.metrics
+    assert trained.info.run_id in cached.data.tags["mlflow.note.content"]
+    assert "dvc.cached" not in by_name["distill@kd-42"].data.tags  # trained in this invocation
     diff = project.run("dvc", "metrics", "diff")
-    assert "students.kd.42.test_accuracy" in diff or "train_kd" in diff
+    assert "metrics/kd-42.json" in diff
     project.run("git", "checkout", "params.yaml")
     # back to the committed params: those stages rerun or come back from DVC's run cache
     assert set(project.repro()) <= {"teacher_outputs@42", "distill@kd-42", "evaluate", "report"}
     # ...and the outputs are byte for byte the committed ones: the pipeline is deterministic,
     # except for what holds measured latency and throughput
     changed = {line[3:] for line in project.run("git", "status", "--porcelain").splitlines()}
-    assert changed <= {"dvc.lock", "metrics/speed.json", "reports/comparison.md"}
+    assert changed <= {"dvc.lock", *TIMED}
     committed = yaml.safe_load(project.run("git", "show", "HEAD:dvc.lock"))["stages"]
     current = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
     for stage, lock in current.items():
@@ -313,15 +553,24 @@ def test_tracking_uri_override(project, first_repro, tmp_path):
     other = MlflowClient(f"sqlite:///{tmp_path / 'team.db'}")
     before = len(project.runs())
     env = {**project.env, "MLFLOW_TRACKING_URI": other.tracking_uri}
-    speed = (project.path / "metrics/speed.json").read_bytes()  # re-measured by the run below
+    timed = {name: (project.path / name).read_bytes() for name in TIMED
+             if (project.path / name).is_file()}  # re-measured below  # fmt: skip
     try:
         subprocess.run([sys.executable, "-m", "pipeline.stages.evaluate"], cwd=project.path,
                        env=env, check=True, capture_output=True)  # fmt: skip
     finally:
-        (project.path / "metrics/speed.json").write_bytes(speed)
+        for name, blob in timed.items():
+            (project.path / name).write_bytes(blob)
     exp = other.get_experiment_by_name("cifar10-distillation")
-    runs = {r.info.run_name: r.info.status for r in other.search_runs([exp.experiment_id])}
-    assert runs == {"evaluate": "FINISHED", "pipeline": "FINISHED"}
+    runs = {r.info.run_name: r for r in other.search_runs([exp.experiment_id])}
+    models_there = ["train_teacher@42", *(f"distill@{s}-42" for s in STUDENTS)]
+    assert sorted(runs) == sorted(
+        ["evaluate", *models_there, invocations(project)[0].info.run_name]
+    )
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    # no run there trained these models: their runs say so, and hold the evaluated figures
+    assert "another tracking store" in runs["distill@kd-42"].data.tags["mlflow.note.content"]
+    assert "test_accuracy" in runs["distill@kd-42"].data.metrics
     assert len(project.runs()) == before  # nothing went to the embedded store
 
 
@@ -348,7 +597,8 @@ def test_a_stopped_stage_leaves_its_run_killed_not_running(project, first_repro)
 
 def test_a_failing_stage_leaves_its_run_failed(project, first_repro):
     # Fail inside the run, after training: the metrics file cannot be written (a folder is there).
-    target = project.path / "metrics/train/ce-42.json"
+    target = project.path / "reports/train/ce-42.json"
+    saved = target.read_bytes()
     target.unlink()
     target.mkdir()
     try:
@@ -356,10 +606,15 @@ def test_a_failing_stage_leaves_its_run_failed(project, first_repro):
                               env=project.env, capture_output=True, text=True)  # fmt: skip
     finally:
         target.rmdir()
-        project.run("git", "checkout", "metrics/train/ce-42.json")
+        target.write_bytes(saved)
     assert done.returncode != 0
-    statuses = [r.info.status for r in project.runs(**{"dvc.stage": "distill@ce-42"})]
+    runs = project.runs(**{"dvc.stage": "distill@ce-42"})
+    statuses = [r.info.status for r in runs]
     assert statuses.count("FAILED") == 1 and "RUNNING" not in statuses
+    (failed,) = [r for r in runs if r.info.status == "FAILED"]
+    # its invocation shows it failed too
+    parent = project.client.get_run(failed.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
     assert project.repro() == []  # the workspace is as DVC left it
 
 
@@ -405,7 +660,7 @@ def test_an_augmenting_variant_is_one_params_entry_and_runs_its_teacher_live(pro
 
 
 def test_same_params_and_seed_give_bit_identical_weights_and_metrics(project, first_repro):
-    outputs = [weights_of("kd"), "metrics/train/kd-42.json", "plots/train/kd-42.json"]
+    outputs = [weights_of("kd"), "reports/train/kd-42.json", "plots/train/kd-42.json"]
     before = {path: (project.path / path).read_bytes() for path in outputs}
     project.run("dvc", "repro", "--force", "--single-item", "distill@kd-42")
     for path in outputs:
@@ -441,11 +696,11 @@ def test_several_seeds_and_a_validation_split_give_paired_statistics(project, fi
     project.set_params(seeds=[42, 7], data__val_size=40)
     try:
         ran = project.repro()
-        stats = json.loads((project.path / "metrics/statistics.json").read_text())
-        evaluation = json.loads((project.path / "metrics/evaluation.json").read_text())
+        stats = json.loads((project.path / "reports/statistics.json").read_text())
+        evaluation = json.loads((project.path / "reports/evaluation.json").read_text())
         report = (project.path / "reports/comparison.md").read_text()
-        kd7 = json.loads((project.path / "metrics/train/kd-7.json").read_text())
-        champion = project.client.get_model_version_by_alias("cifar10-student", "champion")
+        kd7 = json.loads((project.path / "reports/train/kd-7.json").read_text())
+        challenger = project.client.get_model_version_by_alias("cifar10-student", "challenger")
     finally:
         project.run("git", "checkout", "params.yaml")
     # every variant, the CE student included, once per seed; one teacher (teacher.seeds)
@@ -462,7 +717,8 @@ def test_several_seeds_and_a_validation_split_give_paired_statistics(project, fi
         "test_accuracy" not in json.loads((project.path / "plots/train/kd-7.json").read_text())[0]
     )
     assert "last-epoch test accuracy" in report and "p-value" in report
-    # the champion is chosen on validation accuracy
+    # the challenger is chosen on validation accuracy
     best = max(((v, s) for v in STUDENTS for s in ("42", "7")),
                key=lambda vs: evaluation["students"][vs[0]][vs[1]]["val_accuracy"])  # fmt: skip
-    assert champion.tags["role"] == f"{best[0]}-{best[1]}"
+    assert challenger.tags["role"] == f"{best[0]}-{best[1]}"
+    assert "val_size 40" in challenger.tags["evaluated_on"] and "val_accuracy" in challenger.tags

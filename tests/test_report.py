@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.report import (
-    champion,
+    best_student,
     comparison_table,
     last_epoch_tree,
     statistics,
@@ -43,15 +43,15 @@ SPEED = {
         ("teacher_kl", ("kd", "1")),
     ],
 )
-def test_champion_is_one_model_chosen_in_the_metrics_direction(metric, best):
-    assert champion(EVALUATION, metric) == best
+def test_the_best_student_is_one_model_chosen_in_the_metrics_direction(metric, best):
+    assert best_student(EVALUATION, metric) == best
 
 
 def test_comparison_rows_are_means_over_seeds():
-    table = comparison_table(EVALUATION, SPEED, baseline="ce", champion=("kd", "2"))
+    table = comparison_table(EVALUATION, SPEED, baseline="ce", best=("kd", "2"))
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
-    assert list(rows) == ["teacher", "ce", "**kd** (champion: seed 2)", "cosine"]
-    assert "| 2 | 73.00% | +2.00 pt | 80.00% | 0.200 |" in rows["**kd** (champion: seed 2)"]
+    assert list(rows) == ["teacher", "ce", "**kd** (best: seed 2)", "cosine"]
+    assert "| 2 | 73.00% | +2.00 pt | 80.00% | 0.200 |" in rows["**kd** (best: seed 2)"]
     assert "| 2 | 71.00% | +0.00 pt | 87.50% |" in rows["cosine"]
     assert "| 2 | 71.00% |  |" in rows["ce"]  # the baseline has no difference to itself
     assert "| 1,000,000 | 4.00 MB | 4.00 / 5.00 ms | 1.0x | 1,000/s |" in rows["teacher"]
