@@ -39,6 +39,6 @@ def test_the_tests_pass_right_after_an_experiment_changed_the_workspace(tmp_path
     assert changed["data"]["train_size"] == 400
     for output in ("mlflow.db", "dvc.lock", "data/cifar10.safetensors", "reports/evaluation.json"):
         assert (workspace.path / output).exists(), output
-    status, out = workspace.call(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    status, out = workspace.call(sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                                  *SUBSET, "-k", CASES, timeout=1200)  # fmt: skip
     assert status == 0 and " passed" in out, out
