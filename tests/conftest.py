@@ -11,9 +11,16 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+# pytest-xdist runs a worker per core, and each starts torch in its stages: with torch's default of
+# a thread per core each, the threads outnumber the cores and OpenMP's spin-waiting makes them all
+# crawl. One core's worth of threads per worker (set before anything imports torch).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cifar_archive import make_archive
+from cifar_archive import make_archive  # noqa: E402 (after the environment and sys.path above)
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a user's experiments rewrite in the workspace (`dvc exp run -S` edits params.yaml): the
