@@ -41,3 +41,17 @@ def tiny_archive(tmp_path: Path) -> tuple[Path, str]:
     """A valid CIFAR-format archive of 6 x 40 images and its MD5."""
     path = tmp_path / "mirror" / "cifar-10-python.tar.gz"
     return path, make_archive(path)
+
+
+# The longest files first (minutes each, measured), so that no worker starts one when the others
+# are done; then the rest in their usual order.
+LONGEST_FIRST = ("test_faults.py", "test_pipeline.py", "test_default_is_the_tutorial.py",
+                 "test_workspace.py", "test_own_models.py", "test_interrupt.py", "test_data.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order

@@ -63,7 +63,9 @@ STAGES = {
         "compute": "pipeline.evaluate:predict:3",
         "load": "pipeline.data:load:1",
         "write": "pipeline.files:_publish:2",
-        "folder": "metrics",
+        # not metrics/ or plots/confusion/: DVC removes a folder that is an output itself before
+        # the stage runs, and a mount point cannot be removed
+        "folder": "reports",
     },
     "report": {
         "compute": "pipeline.report:statistics:1",

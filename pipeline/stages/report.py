@@ -43,15 +43,7 @@ def main(p: params.Params, args: list[str]) -> None:
     best = report.best_student(evaluation, select_by)
     train = _train_metrics(p)
     table_stats = report.statistics(evaluation, baseline, report.last_epoch_tree(train))
-    text = (
-        f"{report.comparison_table(evaluation, speed, baseline, best)}\n"
-        f"Means over seeds {', '.join(map(str, p.seeds))}. Best student by {select_by}: "
-        f"**{best[0]}**, seed {best[1]} (registered as the challenger). Speed-up is the teacher's median batch-1 CPU latency over the model's; "
-        "throughput is at batch 256.\n\n"
-        f"{report.statistics_table(table_stats, baseline)}\n"
-        "Paired by seed (same initial weights, same batches); 95 % intervals from Student's t; "
-        "p-value of the two-sided paired t-test; verdict at p < 0.05.\n"
-    )
+    text = _comparison_text(p, (evaluation, speed), baseline, best, table_stats, select_by)
     curves = _mean_curves(p)
     rendered = {
         _outputs.REPORT: text.encode(),
@@ -78,6 +70,27 @@ def main(p: params.Params, args: list[str]) -> None:
             for path, blob in rendered.items():
                 staged.write_bytes(path, blob)
     print(text)
+
+
+def _comparison_text(
+    p: params.Params,
+    measured: tuple[dict, dict],
+    baseline: str | None,
+    best: tuple[str, str],
+    table_stats: dict,
+    select_by: str,
+) -> str:
+    """reports/comparison.md: the models' table, then the statistics table, each with its key."""
+    evaluation, speed = measured
+    return (
+        f"{report.comparison_table(evaluation, speed, baseline, best)}\n"
+        f"Means over seeds {', '.join(map(str, p.seeds))}. Best student by {select_by}: "
+        f"**{best[0]}**, seed {best[1]} (registered as the challenger). Speed-up is the "
+        "teacher's median batch-1 CPU latency over the model's; throughput is at batch 256.\n\n"
+        f"{report.statistics_table(table_stats, baseline)}\n"
+        "Paired by seed (same initial weights, same batches); 95 % intervals from Student's t; "
+        "p-value of the two-sided paired t-test; verdict at p < 0.05.\n"
+    )
 
 
 # What the report reads of each model in reports/evaluation.json and reports/speed.json.

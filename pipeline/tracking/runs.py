@@ -261,9 +261,14 @@ class StageRun:
         run when it was trained in this invocation, else a new run under the parent that links to
         the run that trained it (found by the weights' MD5; DVC took the model from its cache)."""
         client = MlflowClient()
-        trained = _training_run(client, self.experiment_id, weights_md5)
-        if trained is not None and trained.data.tags.get(INVOCATION_TAG) == self.invocation:
-            return trained.info.run_id
+        # This invocation's run of this stage first: the same weights may have been trained
+        # before (a teacher adopted from the registry; a rerun after `dvc exp apply`).
+        here = _training_run(client, self.experiment_id, weights_md5, stage, self.invocation)
+        if here is not None:
+            return here.info.run_id
+        trained = _training_run(client, self.experiment_id, weights_md5, stage) or _training_run(
+            client, self.experiment_id, weights_md5, None
+        )  # by another stage (a variant renamed since), when none of this one wrote them
         return _linked_run(client, self, stage, trained)
 
     def log_model_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
@@ -276,13 +281,22 @@ class StageRun:
         )
 
 
-def _training_run(client: MlflowClient, experiment_id: str, weights_md5: str):
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{MODEL_MD5_TAG}` = '{weights_md5}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+def _training_run(
+    client: MlflowClient,
+    experiment_id: str,
+    weights_md5: str,
+    stage: str | None,
+    invocation: str = "",
+):
+    """The latest FINISHED run that wrote these weights, of `stage` and in `invocation` when they
+    are given; by stage, since two variants can learn the same weights (a teacher term at 0)."""
+    conditions = [f"tags.`{MODEL_MD5_TAG}` = '{weights_md5}'", "attributes.status = 'FINISHED'"]
+    if stage:
+        conditions.append(f"tags.`dvc.stage` = '{stage}'")
+    if invocation:
+        conditions.append(f"tags.`{INVOCATION_TAG}` = '{invocation}'")
+    runs = client.search_runs([experiment_id], filter_string=" and ".join(conditions),
+                              order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
     return runs[0] if runs else None
 
 
