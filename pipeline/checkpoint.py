@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pipeline.files import atomic_path, remove_stale_parts, writing
+from pipeline.interrupts import deferred
 
 
 class Checkpoint:
@@ -38,7 +39,8 @@ class Checkpoint:
             return None
 
     def save(self, state: dict[str, Any]) -> None:
-        with atomic_path(self.path) as tmp, writing(self.path), open(tmp, "wb") as f:
+        # deferred: a stop during torch.save would surface as a RuntimeError (see interrupts.py).
+        with deferred(), atomic_path(self.path) as tmp, writing(self.path), open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cifar_archive import make_archive
-from conftest import ROOT
+from conftest import ROOT, committed
 from mlflow.tracking import MlflowClient
 from project import write_params
 
@@ -28,8 +28,15 @@ from pipeline.params import (
 GOOD_TRAIN = {"batch_size": 128, "lr": 0.001}
 
 
-def test_committed_params_reproduce_the_tutorial():
-    p = load_all()
+@pytest.fixture
+def committed_params(tmp_path):
+    """params.yaml as committed: a user's experiment (and .ci/run's) changes the workspace's."""
+    (tmp_path / "params.yaml").write_text(committed("params.yaml"))
+    return load_all(tmp_path / "params.yaml")
+
+
+def test_committed_params_reproduce_the_tutorial(committed_params):
+    p = committed_params
     assert p.data.md5 == "c58f30108f718f92721af3b95e74349a"  # the official archive's
     assert p.data.train_size is None and p.data.test_size is None
     assert p.normalize.mean == (0.485, 0.456, 0.406) and p.normalize.std == (0.229, 0.224, 0.225)
@@ -134,8 +141,8 @@ def test_source_md5_and_image_size():
         assert "\n" not in str(e.value)
 
 
-def test_committed_params_read_the_cifar10_archive_at_its_size():
-    p = load_all()
+def test_committed_params_read_the_cifar10_archive_at_its_size(committed_params):
+    p = committed_params
     assert p.data.source == "cifar10" and p.data.image_size is None
 
 

@@ -8,11 +8,10 @@ the tracking module and files.OutputSet) no run left RUNNING and no half-written
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Callable
 
-from pipeline import params, tracking
+from pipeline import interrupts, params, tracking
 from pipeline.errors import UserError
 from pipeline.stages import _guard
 from pipeline.train import tune_allocator
@@ -38,19 +37,16 @@ def no_arguments(args: list[str]) -> None:
         raise UsageError(f"takes no arguments, got {' '.join(args)!r}; run it through dvc repro")
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(main: Main) -> None:
     """Check params and the tracking store, call `main`, and exit as _guard says.
 
     SIGTERM (how DVC, CI and schedulers stop a process) is turned into KeyboardInterrupt, so it
-    unwinds like Ctrl-C: the MLflow run is closed as KILLED and temporary files are removed.
+    unwinds like Ctrl-C: the MLflow run is closed as KILLED and temporary files are removed. Both
+    wait for a checkpoint write in progress (pipeline/interrupts.py).
     """
     args, verbose = _guard.split_verbose(sys.argv[1:])
     stage = _guard.stage_name(_module_name(main), args)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupts.install()
     # One line per epoch must reach a CI log when it happens, not when the buffer fills.
     sys.stdout.reconfigure(line_buffering=True)
     tune_allocator()
