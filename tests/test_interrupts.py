@@ -32,7 +32,7 @@ def stage_handlers():
         signal.signal(signum, handler)
 
 
-def test_a_stop_during_a_checkpoint_write_is_raised_after_the_file_is_complete(tmp_path, stage_handlers):
+def test_a_stop_in_a_checkpoint_write_comes_once_the_file_is_whole(tmp_path, stage_handlers):
     checkpoint = Checkpoint(tmp_path, "ce", "key")
     weights = torch.arange(300_000, dtype=torch.float32)
     with pytest.raises(KeyboardInterrupt, match="signal 15"):

@@ -613,7 +613,8 @@ def test_a_failing_stage_leaves_its_run_failed(project, first_repro):
     assert done.returncode != 0
     runs = project.runs(**{"dvc.stage": "distill@ce-42"})
     assert "RUNNING" not in [r.info.status for r in runs]
-    (failed,) = [r for r in runs if r.info.run_id not in before]  # this call's run (the module's others are earlier tests')
+    # this call's run: the module's other runs of the stage are earlier tests'
+    (failed,) = [r for r in runs if r.info.run_id not in before]
     assert failed.info.status == "FAILED"
     # its invocation shows it failed too
     parent = project.client.get_run(failed.data.tags["mlflow.parentRunId"])
