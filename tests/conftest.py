@@ -44,7 +44,8 @@ def tiny_archive(tmp_path: Path) -> tuple[Path, str]:
 
 
 # The longest files first (minutes each, measured), so that no worker starts one when the others
-# are done; then the rest in their usual order.
+# are done; then the rest in their usual order. xdist keeps this order with --no-loadscope-reorder
+# (pyproject.toml's addopts); by default it puts the files with the most tests first instead.
 LONGEST_FIRST = ("test_faults.py", "test_pipeline.py", "test_default_is_the_tutorial.py",
                  "test_workspace.py", "test_own_models.py", "test_interrupt.py", "test_data.py")  # fmt: skip
 
