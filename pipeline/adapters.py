@@ -66,3 +66,46 @@ def hint_regressor(student: torch.Size, teacher: torch.Size, where: str) -> nn.M
 
 def _shown(shape: torch.Size) -> str:
     return " x ".join(map(str, shape)) or "a scalar"
+
+
+VID_EPS = 1e-5  # the paper's code: the variance's floor
+
+
+class VIDHead(nn.Module):
+    """VID's predictor of one teacher map from the student's: three 1x1 convolutions (ReLU
+    between) to the teacher's channels, after resizing to the teacher's height and width, and a
+    learned variance per channel (softplus of a parameter, starting at `init_variance`)."""
+
+    def __init__(self, student: torch.Size, teacher: torch.Size, init_variance: float):
+        super().__init__()
+        channels = teacher[0]
+        self.resize = nn.Identity() if student[1:] == teacher[1:] else Resize(teacher[1:])
+        self.mean = nn.Sequential(
+            nn.Conv2d(student[0], channels, 1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 1),
+        )  # fmt: skip
+        start = math.log(math.expm1(max(init_variance - VID_EPS, VID_EPS)))  # softplus^-1
+        self.raw_variance = nn.Parameter(torch.full((channels,), start))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        variance = F.softplus(self.raw_variance) + VID_EPS
+        return self.mean(self.resize(x)), variance.view(1, -1, 1, 1)
+
+
+def vid_heads(students: list[torch.Size], teachers: list[torch.Size],
+              init_variance: float) -> nn.ModuleList:  # fmt: skip
+    return nn.ModuleList(
+        VIDHead(s, t, init_variance) for s, t in zip(students, teachers, strict=True)
+    )
+
+
+def check_maps(shapes: dict[str, torch.Size | list[torch.Size]], where: str, method: str) -> None:
+    """ModelError unless every tapped layer (one shape, or a list for a list of layers) gives
+    C x H x W feature maps."""
+    for key, value in shapes.items():
+        for i, shape in enumerate(value if isinstance(value, list) else [value]):
+            if len(shape) != 3:
+                at = f"{where}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+                raise ModelError(f"{at}: the layer gives {_shown(shape)} per image, and {method} "
+                                 "needs C x H x W feature maps; tap a convolutional layer")  # fmt: skip

@@ -1,148 +1,113 @@
-"""Distillation methods: one small pure function each, and a plain dict registry from name to method.
+"""The registry of distillation methods: a plain dict from name to Method, one function each.
 
-A method's loss function takes the student's and the teacher's Outputs (logits, tapped layers), the
-labels, the method's parts (one module of adapters or heads that trains with the student and is
-never deployed; None when it has none), a Context (epoch, the batch's indices, number of classes,
-dataset size) and its own keyword parameters from params.yaml. It returns its named components plus
-the weighted total under "loss", so every component can be logged. The training loop knows nothing
-about any particular method: what a method needs (a teacher, parts) is declared in its registry
-entry, and the layers it taps are its parameters named `student_layer` and `teacher_layer`.
+A method's loss function (in pipeline/methods/) takes the student's and the teacher's Outputs
+(logits, tapped layers), the labels, the method's parts (one module of adapters, heads or memory
+that trains with the student and is never deployed; None when it has none), a Context (epoch, the
+batch's indices, number of classes, dataset size) and its own keyword parameters from params.yaml.
+It returns its named components plus the weighted total under "loss", so every component can be
+logged. The training loop knows nothing about any particular method: what a method needs (a
+teacher, parts, feature maps) and its parameters (types, ranges, the paper's defaults) are
+declared in its registry entry.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline import adapters
-from pipeline.models import Outputs
+from pipeline.methods import contrastive, hints, logits, relations
+from pipeline.methods.base import TOTAL, Context, Terms
+from pipeline.methods.options import Layers, Number, Option, Switch, check_all, layer_pair, weights
 
-Terms = dict[str, torch.Tensor]
-TOTAL = "loss"
-LAYER_KEYS = ("student_layer", "teacher_layer")  # the parameters that name tapped layers
+__all__ = ["METHODS", "TOTAL", "Context", "Method", "Terms", "bind", "get", "layers", "resolve"]
+
+# Every name a layer parameter can have: one layer per side, or a list per side.
+LAYER_KEYS = ("student_layer", "teacher_layer", "student_layers", "teacher_layers")
 
 
 @dataclass(frozen=True)
-class Context:
-    """What a loss may need besides the outputs: for warm-ups, memory banks, class-aware terms."""
+class PartsInput:
+    """What a method's parts are made from: the traced shapes of its tapped layers (C x H x W per
+    image), keyed like its layer parameters (a list of shapes for a list of layers), its bound
+    parameters, the training set's size (for memory banks) and its key path, for messages."""
 
-    epoch: int  # from 1
-    indices: torch.Tensor  # the batch's rows in the training set (on the training device)
-    num_classes: int
-    dataset_size: int  # rows in the training set
-
-
-def ce(
-    student: Outputs, teacher: Outputs | None, labels: torch.Tensor, parts: None, ctx: Context
-) -> Terms:
-    """Cross-entropy alone: the teacher is trained with it, and the plain student baseline."""
-    loss = F.cross_entropy(student.logits, labels)
-    return {"ce": loss, TOTAL: loss}
-
-
-def kd(
-    student: Outputs,
-    teacher: Outputs,
-    labels: torch.Tensor,
-    parts: None,
-    ctx: Context,
-    *,
-    temperature: float,
-    distill_weight: float,
-    ce_weight: float,
-) -> Terms:
-    """Hinton et al.: KL(teacher || student) on logits softened by T, scaled by T^2 so its gradient
-    keeps the same size whatever T, plus cross-entropy on the labels."""
-    log_p_student = F.log_softmax(student.logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher.logits / temperature, dim=-1)
-    # Log-space KL: the tutorial's softmax().log() gives 0 * -inf = NaN once a probability underflows.
-    soft = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
-    soft = soft * temperature**2
-    hard = F.cross_entropy(student.logits, labels)
-    return {"ce": hard, "kd": soft, TOTAL: ce_weight * hard + distill_weight * soft}
-
-
-def cosine(
-    student: Outputs,
-    teacher: Outputs,
-    labels: torch.Tensor,
-    parts: adapters.FlatMatch,
-    ctx: Context,
-    *,
-    student_layer: str,
-    teacher_layer: str,
-    distill_weight: float,
-    ce_weight: float,
-) -> Terms:
-    """Align hidden states by cosine embedding loss (target 1): both tapped maps flattened, the
-    longer pooled to the shorter's length (the tutorial: LightNN's 16x8x8 = 1024 against DeepNN's
-    32x8x8 = 2048, averaged in adjacent pairs)."""
-    s, t = parts(student.features[student_layer], teacher.features[teacher_layer])
-    target = torch.ones(s.shape[0], device=s.device)
-    hidden = F.cosine_embedding_loss(s, t, target)
-    hard = F.cross_entropy(student.logits, labels)
-    return {"ce": hard, "cosine": hidden, TOTAL: ce_weight * hard + distill_weight * hidden}
-
-
-def regressor(
-    student: Outputs,
-    teacher: Outputs,
-    labels: torch.Tensor,
-    parts: nn.Module,
-    ctx: Context,
-    *,
-    student_layer: str,
-    teacher_layer: str,
-    distill_weight: float,
-    ce_weight: float,
-) -> Terms:
-    """FitNets-style hint: MSE between the trainable regressor's map of the student's tapped
-    features (the tutorial: 16x8x8 to 32x8x8) and the teacher's."""
-    hint = F.mse_loss(parts(student.features[student_layer]), teacher.features[teacher_layer])
-    hard = F.cross_entropy(student.logits, labels)
-    return {"ce": hard, "hint": hint, TOTAL: ce_weight * hard + distill_weight * hint}
-
-
-# A method's parts are made from the traced shapes of its tapped layers, keyed like its layer
-# parameters ("student_layer" -> C x H x W), and the key path of its params, for messages.
-MakeParts = Callable[[Mapping[str, torch.Size], str], nn.Module]
+    shapes: Mapping[str, torch.Size | list[torch.Size]]
+    options: Mapping[str, Any]
+    dataset_size: int
+    where: str
 
 
 @dataclass(frozen=True)
 class Method:
     loss: Callable[..., Terms]
-    needs_teacher: bool
-    make_parts: MakeParts | None = None  # trained with the student, never deployed
+    options: dict[str, Option] = field(default_factory=dict)
+    needs_teacher: bool = True
+    make_parts: Callable[[PartsInput], nn.Module] | None = None  # trained with the student
+    needs_maps: bool = False  # every tapped layer must give C x H x W feature maps
 
 
+def _flat_match(i: PartsInput) -> nn.Module:
+    return adapters.FlatMatch(i.shapes["student_layer"], i.shapes["teacher_layer"])
+
+
+def _hint_regressor(i: PartsInput) -> nn.Module:
+    return adapters.hint_regressor(i.shapes["student_layer"], i.shapes["teacher_layer"], i.where)
+
+
+def _vid_heads(i: PartsInput) -> nn.Module:
+    return adapters.vid_heads(i.shapes["student_layers"], i.shapes["teacher_layers"],
+                              i.options["init_variance"])  # fmt: skip
+
+
+def _crd_parts(i: PartsInput) -> nn.Module:
+    student, teacher = (i.shapes[key].numel() for key in ("student_layer", "teacher_layer"))
+    return contrastive.CRDParts(student, teacher, i.options["dim"], i.dataset_size)
+
+
+TEMPERATURE = Number(4.0, above_low=True)  # the CIFAR-100 setting of KD, DKD and DIST
+STANDARDIZE = {"standardize": Switch(False)}
+TUTORIAL = weights(ce=0.75, distill=0.25)  # the tutorial's weights for its feature methods
+HINT = {**layer_pair(), **TUTORIAL}
+
+# Defaults: each paper's CIFAR-100 setting, as RepDistiller and mdistiller ran it (the tutorial's
+# own for cosine and regressor); params.yaml sets the tutorial's kd.
 METHODS: dict[str, Method] = {
-    "ce": Method(ce, needs_teacher=False),
-    "kd": Method(kd, needs_teacher=True),
-    "cosine": Method(cosine, needs_teacher=True,
-                     make_parts=lambda shapes, where: adapters.FlatMatch(
-                         shapes["student_layer"], shapes["teacher_layer"])),
-    "regressor": Method(regressor, needs_teacher=True,
-                        make_parts=lambda shapes, where: adapters.hint_regressor(
-                            shapes["student_layer"], shapes["teacher_layer"], where)),
+    "ce": Method(logits.ce, needs_teacher=False),
+    "kd": Method(logits.kd, {"temperature": TEMPERATURE, **weights(ce=0.1, distill=0.9),
+                             **STANDARDIZE}),
+    "dkd": Method(logits.dkd, {"alpha": Number(1.0, weight=True), "beta": Number(8.0, weight=True),
+                               "temperature": TEMPERATURE, "warmup": Number(20, integer=True),
+                               "ce_weight": Number(1.0, weight=True), **STANDARDIZE}),
+    "dist": Method(logits.dist, {"beta": Number(2.0, weight=True), "gamma": Number(2.0, weight=True),
+                                 "temperature": TEMPERATURE, **weights(ce=1.0, distill=1.0),
+                                 **STANDARDIZE}),
+    "cosine": Method(hints.cosine, HINT, make_parts=_flat_match),
+    "regressor": Method(hints.regressor, HINT, make_parts=_hint_regressor),
+    "fitnets": Method(hints.regressor, HINT, make_parts=_hint_regressor),  # regressor's name in the papers
+    "at": Method(hints.at, {**layer_pair(many=True), "p": Number(2.0, above_low=True),
+                            **weights(ce=1.0, distill=1000.0)}, needs_maps=True),
+    "nst": Method(hints.nst, {**layer_pair(many=True), **weights(ce=1.0, distill=50.0)},
+                  needs_maps=True),
+    "vid": Method(hints.vid, {**layer_pair(many=True), "init_variance": Number(5.0, above_low=True),
+                              **weights(ce=1.0, distill=1.0)}, make_parts=_vid_heads,
+                  needs_maps=True),
+    "sp": Method(relations.sp, {**layer_pair(), **weights(ce=1.0, distill=3000.0)}),
+    "pkt": Method(relations.pkt, {**layer_pair(), **weights(ce=1.0, distill=30000.0)}),
+    "rkd": Method(relations.rkd, {**layer_pair(), "distance_weight": Number(25.0, weight=True),
+                                  "angle_weight": Number(50.0, weight=True),
+                                  "ce_weight": Number(1.0, weight=True)}),
+    "crd": Method(contrastive.crd, {**layer_pair(), "dim": Number(128, low=1, high=65536, integer=True),
+                                    "negatives": Number(16384, low=1, high=10**7, integer=True),
+                                    "temperature": Number(0.07, above_low=True),
+                                    "momentum": Number(0.5, high=1.0),
+                                    **weights(ce=1.0, distill=0.8)}, make_parts=_crd_parts),
 }  # fmt: skip
-
-
-def layers(name: str) -> tuple[str, ...]:
-    """The layer parameters (of LAYER_KEYS) that method `name` takes."""
-    return tuple(key for key in LAYER_KEYS if key in _keywords(get(name).loss))
-
-
-def _keywords(fn: Callable) -> list[str]:
-    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
 
 
 def get(name: str) -> Method:
@@ -153,38 +118,23 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-def bind(name: str, params: Mapping[str, Any], where: str | None = None) -> Callable[..., Terms]:
-    """The method's loss with its parameters bound, after checking their names and ranges.
+def layers(name: str) -> tuple[str, ...]:
+    """The layer parameters (of LAYER_KEYS) that method `name` takes."""
+    return tuple(key for key, o in get(name).options.items() if isinstance(o, Layers))
 
-    `where` is the key path of the parameters in messages (e.g. variants.kd); the method's name by
-    default."""
-    where = where or name
-    fn = get(name).loss
-    expected = _keywords(fn)
-    allowed = ", ".join(expected) or "none"
-    for key in params:
-        if key not in expected:
-            raise ValueError(f"{where}.{key}: method {name!r} takes no such parameter; it takes: "
-                             f"{allowed}")  # fmt: skip
-    for key in expected:
-        if key not in params:
-            raise ValueError(f"{where}.{key}: missing; method {name!r} takes: {allowed}")
-    for key, value in params.items():
-        if key in LAYER_KEYS:
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{where}.{key} = {value!r}: expected a module path, e.g. layer3")
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}.{key} = {value!r}: expected a number")
-        if abs(value) > sys.float_info.max or not math.isfinite(value):  # abs(): ints of any size
-            raise ValueError(f"{where}.{key} = {value!r}: expected a finite number")
-        if key == "temperature" and value <= 0:
-            raise ValueError(f"{where}.{key} = {value}: must be > 0")
-        if key.endswith("_weight") and value < 0:
-            raise ValueError(f"{where}.{key} = {value}: weights must be >= 0")
-    weights = {k: v for k, v in params.items() if k.endswith("_weight")}
-    if weights and not any(weights.values()):
-        shown = ", ".join(f"{where}.{k} = {v}" for k, v in weights.items())
-        raise ValueError(f"{shown}: at least one weight must be > 0, or nothing is learned")
-    # As floats: torch takes no Python int beyond 64 bits (10**40 as a weight or temperature).
-    return partial(fn, **{k: v if k in LAYER_KEYS else float(v) for k, v in params.items()})
+
+def many_layers(name: str, key: str) -> bool:
+    """Whether layer parameter `key` of method `name` is a list of layers."""
+    return get(name).options[key].many
+
+
+def resolve(name: str, params: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+    """The method's parameters, checked against its declaration (ValueError naming the key, the
+    value and what is allowed) with its defaults filled in. `where` is their key path in messages
+    (e.g. variants.kd); the method's name by default."""
+    return check_all(get(name).options, params, name, where or name)
+
+
+def bind(name: str, params: Mapping[str, Any], where: str | None = None) -> Callable[..., Terms]:
+    """The method's loss with its parameters (see resolve) bound."""
+    return partial(get(name).loss, **resolve(name, params, where))

@@ -269,11 +269,12 @@ class RegistryParams:
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One student: a distillation method and that method's parameters (checked by losses.bind)."""
+    """One student: a distillation method and that method's parameters (checked, with its
+    defaults filled in, by losses.resolve)."""
 
     name: str
     method: str
-    options: tuple[tuple[str, float | str], ...]  # numbers, and layers' module paths
+    options: tuple[tuple[str, Any], ...]  # numbers, switches, layers' module paths (or tuples)
     augment: bool = False  # random crop + flip; the teacher then runs live on every batch
 
     @property
@@ -425,15 +426,15 @@ def parse_variants(
         options = {k: v for k, v in spec.items() if k not in ("method", "augment")}
         if isinstance(spec["method"], str) and spec["method"] in losses.METHODS:
             options = _with_default_layers(options, spec["method"], f"variants.{name}",
-                                           {"student_layer": student, "teacher_layer": teacher})  # fmt: skip
+                                           {"student": student, "teacher": teacher})  # fmt: skip
         augment = spec.get("augment", False)
         if not isinstance(augment, bool):
             raise ParamsError(f"variants.{name}.augment = {augment!r}: expected true or false")
         if not isinstance(spec["method"], str) or spec["method"] not in losses.METHODS:
             raise ParamsError(f"variants.{name}.method = {spec['method']!r}: expected one of "
                               f"{', '.join(losses.METHODS)}")  # fmt: skip
-        try:
-            losses.bind(spec["method"], options, where=f"variants.{name}")
+        try:  # every parameter as the method takes it, its defaults included (logged with runs)
+            options = losses.resolve(spec["method"], options, where=f"variants.{name}")
         except ValueError as e:
             raise ParamsError(str(e)) from None
         variants[name] = Variant(name, spec["method"], tuple(options.items()), augment)
@@ -441,14 +442,19 @@ def parse_variants(
 
 
 def _with_default_layers(options: dict, method: str, where: str, roles: dict) -> dict:
+    """`options` with each layer parameter that is not given set to its model's default layer (a
+    list of that one layer where the method takes lists)."""
     options = dict(options)
     for key in losses.layers(method):
-        role = roles[key] or (TeacherParams if key == "teacher_layer" else RoleParams)(epochs=1)
+        side = key.split("_")[0]
+        role = roles[side] or (TeacherParams if side == "teacher" else RoleParams)(epochs=1)
         if key not in options:
             if role.model not in models.DEFAULT_LAYERS:
+                example = "[layer2, layer3]" if losses.many_layers(method, key) else "layer3"
                 raise ParamsError(f"{where}.{key}: missing, and {role.model} has no default layer; "
-                                  "name the module to tap (e.g. layer3)")  # fmt: skip
-            options[key] = models.DEFAULT_LAYERS[role.model]
+                                  f"name the module to tap (e.g. {example})")  # fmt: skip
+            default = models.DEFAULT_LAYERS[role.model]
+            options[key] = [default] if losses.many_layers(method, key) else default
     return options
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import io
 import math
 import os
@@ -34,6 +33,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from pipeline import data, losses, models, params
+from pipeline.methods.options import Layers, Number, Switch
 from pipeline.stages import _cli, _guard, train_teacher
 
 PARAMS = Path("params.yaml")  # relative: the checks run in the project folder, as stages do
@@ -180,12 +180,6 @@ VALID = [
 ]
 
 
-def method_parameters(method: str) -> list[str]:
-    """The keyword-only parameters of a method's loss: what a variant of it must set."""
-    signature = inspect.signature(losses.METHODS[method].loss)
-    return [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY]
-
-
 def retype(draw, doc):
     path = draw(st.sampled_from(node_paths(doc)))
     kind = draw(st.sampled_from([k for k in OF_TYPE if k != type_of(at(doc, path))]))
@@ -267,6 +261,26 @@ def valid(draw, doc):
     return doc, f"{shown(path)} = {value!r} (valid)"
 
 
+def valid_value(key: str, option) -> st.SearchStrategy:
+    """A value that the method's declaration of `key` accepts."""
+    if isinstance(option, Layers):  # the built-ins' conv stack
+        return st.just(["features"] if option.many else "features")
+    if isinstance(option, Switch):
+        return st.booleans()
+    if option.integer:
+        return st.integers(max(1, int(option.low)), 64) if key != "warmup" else st.integers(0, 30)
+    low = option.low + (0.01 if option.above_low else 0)
+    return st.floats(low, min(option.high, low + 8))
+
+
+def _all_weights_zero(method: str, spec: dict) -> bool:
+    options = losses.get(method).options
+    weights = [
+        spec.get(k, o.default) for k, o in options.items() if isinstance(o, Number) and o.weight
+    ]
+    return bool(weights) and not any(weights)
+
+
 def new_variant(draw, doc):
     """A valid variant: a fresh name, a method, and that method's parameters in range."""
     variants = doc.get("variants") if isinstance(doc, dict) else None
@@ -277,12 +291,12 @@ def new_variant(draw, doc):
         return doc, f"new variant: {name!r} is taken"
     method = draw(st.sampled_from(list(losses.METHODS)))
     spec: dict[str, Any] = {"method": method}
-    for key in method_parameters(method):
-        if key in losses.LAYER_KEYS:  # a module path: the built-ins' conv stack, or left to default
-            if draw(st.booleans()):
-                spec[key] = "features"
-            continue
-        spec[key] = draw(st.floats(0.5, 8) if key == "temperature" else st.floats(0, 1))
+    for key, option in losses.get(method).options.items():
+        if draw(st.booleans()):
+            continue  # left out: the method's default (a layer: its model's default layer)
+        spec[key] = draw(valid_value(key, option))
+    if _all_weights_zero(method, spec):
+        return doc, f"new variant: {spec!r} weighs nothing"
     if draw(st.booleans()):
         spec["augment"] = draw(st.booleans())
     variants[name] = spec
@@ -526,9 +540,9 @@ FOUND = [
     ("ce_weight = -10**400", lambda: with_values(variants__cosine__ce_weight=-BIG),
      rf"variants\.cosine\.ce_weight = -{BIG}: expected a finite number$"),
     ("method is a list", lambda: with_values(variants__kd__method=["kd"]),
-     r"variants\.kd\.method = \['kd'\]: expected one of ce, kd, cosine, regressor$"),
+     r"variants\.kd\.method = \['kd'\]: expected one of ce, kd, dkd, dist, cosine, regressor, fitnets, at, nst, vid, sp, pkt, rkd, crd$"),
     ("method is a mapping", lambda: with_values(variants__kd__method={"kd": 1}),
-     r"variants\.kd\.method = \{'kd': 1\}: expected one of ce, kd, cosine, regressor$"),
+     r"variants\.kd\.method = \{'kd': 1\}: expected one of ce, kd, dkd, dist, cosine, regressor, fitnets, at, nst, vid, sp, pkt, rkd, crd$"),
     ("NUL in data.url", lambda: with_values(data__url="a\x00b"),
      r"data\.url = 'a\\x00b': expected an http\(s\) URL, a file:// URL or a local path$"),
 ]  # fmt: skip

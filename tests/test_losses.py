@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -12,8 +13,14 @@ from pipeline.taps import Tapped
 KD = {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}
 # The tutorial's layers: each built-in's conv stack (what params.py fills in for them).
 LAYERS = {"student_layer": "features", "teacher_layer": "features"}
+MANY = {"student_layers": ["features"], "teacher_layers": ["features"]}
 FEATURE = {"distill_weight": 0.25, "ce_weight": 0.75, **LAYERS}
-PARAMS = {"ce": {}, "kd": KD, "cosine": FEATURE, "regressor": FEATURE}
+# Every method on the tutorial's pair, with its defaults (CRD with fewer negatives, for speed).
+PARAMS = {
+    "ce": {}, "kd": KD, "dkd": {}, "dist": {}, "cosine": FEATURE, "regressor": FEATURE,
+    "fitnets": FEATURE, "at": MANY, "nst": MANY, "vid": MANY, "sp": LAYERS, "pkt": LAYERS,
+    "rkd": LAYERS, "crd": {**LAYERS, "negatives": 64},
+}  # fmt: skip
 # Distinct names in the hand-made outputs, so each side must read its own layer.
 BY_HAND = {"distill_weight": 0.25, "ce_weight": 0.75, "student_layer": "s", "teacher_layer": "t"}
 
@@ -28,9 +35,17 @@ def ctx(rows: int = 1, num_classes: int = 2) -> Context:
     return Context(epoch=1, indices=torch.arange(rows), num_classes=num_classes, dataset_size=rows)
 
 
-def test_registry_covers_the_tutorials_methods():
-    assert set(losses.METHODS) == {"ce", "kd", "cosine", "regressor"}
+def test_registry_covers_the_tutorials_methods_and_the_fields():
+    assert set(losses.METHODS) == {"ce", "kd", "cosine", "regressor", "fitnets", "dkd", "dist",
+                                   "at", "nst", "vid", "sp", "pkt", "rkd", "crd"}  # fmt: skip
     assert set(PARAMS) == set(losses.METHODS)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(set(losses.METHODS) - {"ce", "cosine"})
+)  # the tutorial's own
+def test_every_method_cites_its_paper_with_its_year(name):
+    assert re.search(r"\b(19|20)\d\d\)", losses.get(name).loss.__doc__)
 
 
 def test_ce_by_hand():
@@ -79,9 +94,8 @@ def test_cosine_pools_the_teachers_flattened_2048_to_1024_in_adjacent_pairs():
     pooled = teacher_map.flatten(1).view(2, 1024, 2).mean(dim=2)
     student = Outputs(torch.zeros(2, 10), {"features": pooled.view(2, 16, 8, 8)})  # aligned
     teacher = Outputs(torch.zeros(2, 10), {"features": teacher_map})
-    parts = losses.get("cosine").make_parts(
-        {"student_layer": torch.Size([16, 8, 8]), "teacher_layer": torch.Size([32, 8, 8])}, "cosine"
-    )
+    parts = parts_of("cosine", {"student_layer": torch.Size([16, 8, 8]),
+                                "teacher_layer": torch.Size([32, 8, 8])})  # fmt: skip
     terms = losses.bind("cosine", FEATURE)(
         student, teacher, torch.zeros(2, dtype=torch.long), parts, ctx(2, 10)
     )
@@ -97,23 +111,34 @@ def test_regressor_by_hand():
     assert terms["loss"].item() == pytest.approx(0.75 * math.log(2) + 0.25)
 
 
+def tapped_pair(name: str, params: dict) -> tuple[Tapped, Tapped, nn.Module | None]:
+    """The tutorial's student and teacher, tapped where the method's params say, and its parts
+    built from the traced shapes, as the distill stage does."""
+    bound = losses.resolve(name, params)
+    sides = {}
+    for side, net in (("student", LightNN()), ("teacher", DeepNN())):
+        keys = [k for k in losses.layers(name) if k.startswith(side)]
+        paths = [p for k in keys for p in ([bound[k]] if isinstance(bound[k], str) else bound[k])]
+        traced = taps.trace(net, paths, (3, 32, 32), 10, side)
+        shapes = {k: traced[bound[k]] if isinstance(bound[k], str) else [traced[p] for p in bound[k]]
+                  for k in keys}  # fmt: skip
+        sides[side] = (Tapped(net, paths), shapes)
+    method = losses.get(name)
+    shapes = sides["student"][1] | sides["teacher"][1]
+    parts = (
+        method.make_parts(losses.PartsInput(shapes, bound, 6, name)) if method.make_parts else None
+    )
+    return sides["student"][0], sides["teacher"][0], parts
+
+
 @pytest.mark.parametrize("name", list(losses.METHODS))
 def test_gradients_reach_only_the_student_and_its_parts(name):
     torch.manual_seed(0)
     x, labels = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    params, method = PARAMS[name], losses.get(name)
-    tapped = {key: params[key] for key in losses.layers(name)}
-    student = Tapped(LightNN(), [v for k, v in tapped.items() if k == "student_layer"])
-    teacher = Tapped(DeepNN(), [v for k, v in tapped.items() if k == "teacher_layer"])
-    # The parts, built from the traced shapes of the tapped layers, as the distill stage does.
-    shapes = {}
-    for key, net in (("student_layer", student.net), ("teacher_layer", teacher.net)):
-        if key in tapped:
-            shapes[key] = taps.trace(net, [tapped[key]], (3, 32, 32), 10, key)[tapped[key]]
-    parts = method.make_parts(shapes, f"variants.{name}") if method.make_parts else None
+    student, teacher, parts = tapped_pair(name, PARAMS[name])
     with torch.no_grad():  # as fit() runs the teacher
-        teacher_out = teacher(x) if method.needs_teacher else None
-    terms = losses.bind(name, params)(student(x), teacher_out, labels, parts, ctx(6, 10))
+        teacher_out = teacher(x) if losses.get(name).needs_teacher else None
+    terms = losses.bind(name, PARAMS[name])(student(x), teacher_out, labels, parts, ctx(6, 10))
     assert terms["loss"].dim() == 0 and torch.isfinite(terms["loss"])
     assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
     terms["loss"].backward()
@@ -126,7 +151,7 @@ def test_gradients_reach_only_the_student_and_its_parts(name):
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(
         ValueError,
-        match="unknown distillation method 'fitnet'; valid methods: ce, kd, cosine, regressor",
+        match="unknown distillation method 'fitnet'; valid methods: ce, kd, dkd, dist, cosine, regr",
     ):
         losses.get("fitnet")
 
@@ -140,17 +165,22 @@ def test_unknown_method_lists_the_valid_ones():
             r"kd\.alpha: method 'kd' takes no such parameter; it takes: temp",
         ),
         (
-            "kd",
-            {"temperature": 2, "ce_weight": 1},
-            r"kd\.distill_weight: missing; method 'kd' takes",
+            "at",
+            {"student_layers": ["a"], "teacher_layers": []},
+            r"at\.teacher_layers = \[\]: expected a list of module paths, e\.g\. \[layer2, layer3\]",
         ),
+        ("at", {**MANY, "p": 0}, r"at\.p = 0: must be > 0"),
+        ("crd", {**LAYERS, "negatives": 2.5}, r"crd\.negatives = 2\.5: expected an integer"),
+        ("crd", {**LAYERS, "momentum": 1.5}, r"crd\.momentum = 1\.5: must be >= 0 and <= 1"),
+        ("kd", {**KD, "standardize": "yes"}, r"kd\.standardize = 'yes': expected true or false"),
+        ("dkd", {"alpha": 0, "beta": 0, "ce_weight": 0}, r"dkd\.alpha = 0, dkd\.beta = 0, dkd"),
         (
             "ce",
             {"temperature": 2},
             "ce.temperature: method 'ce' takes no such parameter; it takes: none",
         ),
         ("kd", {**KD, "temperature": 0}, r"kd\.temperature = 0: must be > 0"),
-        ("cosine", {**FEATURE, "ce_weight": -1}, r"cosine\.ce_weight = -1: weights must be >= 0"),
+        ("cosine", {**FEATURE, "ce_weight": -1}, r"cosine\.ce_weight = -1: must be >= 0"),
         (
             "regressor",
             {"distill_weight": 0, "ce_weight": 0.0, **LAYERS},
@@ -181,16 +211,26 @@ def test_layers_are_bound_as_module_paths():
     assert loss.keywords["student_layer"] == "layer3.1" and loss.keywords["ce_weight"] == 0.75
 
 
+def parts_of(name: str, shapes: dict) -> nn.Module | None:
+    make = losses.get(name).make_parts
+    return (
+        make(losses.PartsInput(shapes, losses.resolve(name, {**LAYERS}), 6, name)) if make else None
+    )
+
+
 def test_parts_live_only_in_the_registry():
     shapes = {"student_layer": torch.Size([16, 8, 8]), "teacher_layer": torch.Size([32, 8, 8])}
-    regressor = losses.get("regressor").make_parts(shapes, "variants.regressor")
+    regressor = parts_of("regressor", shapes)
     assert isinstance(regressor, nn.Conv2d)  # the tutorial's regressor: 16 -> 32 channels
     assert (regressor.in_channels, regressor.out_channels) == (16, 32)
-    cosine = losses.get("cosine").make_parts(shapes, "variants.cosine")
+    cosine = parts_of("cosine", shapes)
     assert isinstance(cosine, adapters.FlatMatch) and list(cosine.parameters()) == []
-    assert all(losses.get(n).make_parts is None for n in ("ce", "kd"))
+    assert all(losses.get(n).make_parts is None for n in ("ce", "kd", "dkd", "dist", "at", "nst"))
 
 
 def test_the_layers_a_method_taps_are_its_layer_parameters():
-    assert losses.layers("cosine") == losses.layers("regressor") == losses.LAYER_KEYS
-    assert losses.layers("ce") == losses.layers("kd") == ()
+    assert (
+        losses.layers("cosine") == losses.layers("regressor") == ("student_layer", "teacher_layer")
+    )
+    assert losses.layers("at") == losses.layers("vid") == ("student_layers", "teacher_layers")
+    assert losses.layers("ce") == losses.layers("kd") == losses.layers("dkd") == ()

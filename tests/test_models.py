@@ -28,8 +28,9 @@ def test_regressor_maps_student_features_to_teacher_shape_and_is_not_in_the_stud
     assert isinstance(regressor, torch.nn.Conv2d)  # same 8 x 8: no resize
     assert (regressor.in_channels, regressor.out_channels) == (16, 32)
     assert regressor(torch.randn(2, 16, 8, 8)).shape == (2, 32, 8, 8)
+    shapes = {"student_layer": STUDENT_SHAPE, "teacher_layer": TEACHER_SHAPE}
     parts = losses.get("regressor").make_parts(
-        {"student_layer": STUDENT_SHAPE, "teacher_layer": TEACHER_SHAPE}, "variants.regressor"
+        losses.PartsInput(shapes, {}, 2, "variants.regressor")
     )
     assert parts(torch.randn(2, 16, 8, 8)).shape == (2, 32, 8, 8)
     student = models.LightNN()

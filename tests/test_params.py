@@ -57,6 +57,7 @@ def test_committed_params_reproduce_the_tutorial(committed_params):
         "temperature": 2.0,
         "distill_weight": 0.25,
         "ce_weight": 0.75,
+        "standardize": False,  # the method's default, filled in
     }
     for name in ("cosine", "regressor"):  # on the conv stacks: DeepNN 32x8x8, LightNN 16x8x8
         assert p.variants[name].kwargs == {
@@ -150,12 +151,12 @@ def test_committed_params_read_the_cifar10_archive_at_its_size(committed_params)
     ("raw", "message"),
     [
         (
-            {"kd2": {"method": "kd", "temperature": 2, "distill_weight": 1}},
-            r"variants\.kd2\.ce_weight: missing; method 'kd' takes",
+            {"at2": {"method": "at", "student_layers": ["features", "features"]}},
+            r"variants\.at2\.student_layers has 2, variants\.at2\.teacher_layers has 1: the lists",
         ),
         (
             {"x": {"method": "fitnet"}},
-            r"variants\.x\.method = 'fitnet': expected one of ce, kd, cosine, regressor",
+            r"variants\.x\.method = 'fitnet': expected one of ce, kd, dkd, dist, cosine, regressor",
         ),
         (
             {"kd": {"method": "kd", "temperature": -1, "distill_weight": 1, "ce_weight": 1}},
@@ -276,12 +277,12 @@ STAGE_FAULTS = [
     ("train_teacher 42", {"train.lr": -0.1}, "train.lr = -0.1: must be > 0"),
     ("distill kd 42", {"variants.kd.temperature": 0}, "variants.kd.temperature = 0: must be > 0"),
     ("distill cosine 42", {"variants.cosine.ce_weight": -0.5},
-     "variants.cosine.ce_weight = -0.5: weights must be >= 0"),
+     "variants.cosine.ce_weight = -0.5: must be >= 0"),
     ("distill regressor 42", {"variants.regressor.distill_weight": 0,
                               "variants.regressor.ce_weight": 0},
      "variants.regressor.distill_weight = 0, variants.regressor.ce_weight = 0: at least one"),
-    ("distill kd 42", {"variants.kd.method": "fitnets"},
-     "variants.kd.method = 'fitnets': expected one of ce, kd, cosine, regressor"),
+    ("distill kd 42", {"variants.kd.method": "fitnet"},
+     "variants.kd.method = 'fitnet': expected one of ce, kd, dkd, dist, cosine, regressor, fitnets"),
     ("distill kd_t4 42", {}, "unknown variant 'kd_t4'; params.yaml has: ce, kd, cosine, regressor"),
     ("distill kd 7", {}, "seed '7' is not in seeds = [42]"),
     ("train_teacher 42", {"data.train_size": 100000},

@@ -15,6 +15,9 @@ CONFIG = FitConfig(epochs=2, batch_size=32, lr=1e-3, seed=42)
 CLASSES = 10
 # The tutorial's layers: each built-in's conv stack (what params.py fills in for them).
 LAYERS = {"student_layer": "features", "teacher_layer": "features"}
+# The methods' parameters in these tests: their defaults, but kd's temperature the tutorial's and
+# fewer negatives for CRD (its 16384 cost seconds per step on a CPU).
+EVERY = {"kd": {"temperature": 2.0}, "crd": {"negatives": 256}}
 
 
 def build(name: str, seed: int, layers=()) -> Tapped:
@@ -39,31 +42,38 @@ def teacher(tiny) -> torch.nn.Module:
     return train(build("DeepNN", 42), tiny.train, losses.bind("ce", {}), CONFIG).net
 
 
-def with_layers(method: str, params: dict) -> dict:
-    """`params` and the layers the method taps."""
-    return params | {key: LAYERS[key] for key in losses.layers(method)}
+def with_layers(method: str, params: dict, layers: dict = LAYERS) -> dict:
+    """`params` and the layers the method taps (`layers` by side; a list where it takes lists)."""
+    return params | {key: [layers[key.rstrip("s")]] if key.endswith("s") else layers[key]
+                     for key in losses.layers(method)}  # fmt: skip
 
 
-def side(method: str, role: str) -> list[str]:
+def side(method: str, role: str, layers: dict = LAYERS) -> list[str]:
     """The layers `method` taps on the student or the teacher."""
-    return [LAYERS[key] for key in losses.layers(method) if key.startswith(role)]
+    return (
+        [layers[f"{role}_layer"]] if any(k.startswith(role) for k in losses.layers(method)) else []
+    )
 
 
 def student_and_teaching(method: str, teacher: torch.nn.Module, seed: int = CONFIG.seed,
-                         precision: str = "fp32") -> tuple[Tapped, dict]:  # fmt: skip
-    """A fresh LightNN tapped for `method`, and fit()'s teacher and parts arguments for it: the
-    parts made right after the student from the tapped layers' traced shapes, as distill does."""
-    student = build("LightNN", seed, side(method, "student"))
-    spec = losses.get(method)
+                         precision: str = "fp32", student: torch.nn.Module | None = None,
+                         layers: dict = LAYERS, dataset_size: int = 300) -> tuple[Tapped, dict]:  # fmt: skip
+    """A fresh student (LightNN by default) tapped for `method`, and fit()'s teacher and parts
+    arguments for it: the parts made right after the student from the tapped layers' traced
+    shapes, as distill does."""
+    student = Tapped(student or models.build("LightNN", {}, CLASSES, seed, "model"),
+                     side(method, "student", layers))  # fmt: skip
+    spec, bound = losses.get(method), losses.resolve(method, with_layers(method, {}, layers))
     parts = None
     if spec.make_parts is not None:
         shapes = {}
-        for key, net in (("student_layer", student.net), ("teacher_layer", teacher)):
-            if key in losses.layers(method):
-                layer = LAYERS[key]
-                shapes[key] = taps.trace(net, [layer], (3, 32, 32), CLASSES, key)[layer]
-        parts = spec.make_parts(shapes, f"variants.{method}")
-    tapped_teacher = Tapped(teacher, side(method, "teacher"))
+        for key in losses.layers(method):
+            net = student.net if key.startswith("student") else teacher
+            layer = layers[key.rstrip("s")]
+            shape = taps.trace(net, [layer], (3, 32, 32), CLASSES, key)[layer]
+            shapes[key] = [shape] if key.endswith("s") else shape
+        parts = spec.make_parts(losses.PartsInput(shapes, bound, dataset_size, method))
+    tapped_teacher = Tapped(teacher, side(method, "teacher", layers))
     targets = live_teacher(tapped_teacher, precision) if spec.needs_teacher else None
     return student, {"targets": targets, "parts": parts}
 
@@ -204,18 +214,18 @@ def test_training_from_the_cache_matches_training_from_the_live_teacher(tiny, te
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("method", ["ce", "kd", "cosine", "regressor"])
+@pytest.mark.parametrize("method", list(losses.METHODS))
 def test_bf16_trains_every_method(tiny, teacher, method):
-    params = {"ce": {}, "kd": {"temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}}.get(
-        method, {"distill_weight": 0.25, "ce_weight": 0.75}
-    )
+    params = EVERY.get(method, {})
     config = FitConfig(2, 32, 1e-3, 42, precision="bf16")
     seen = []
     student, teaching = student_and_teaching(method, teacher, 42, precision="bf16")
     student = train(student, tiny.train, losses.bind(method, with_layers(method, params)), config,
                     **teaching, on_epoch=lambda e, m: seen.append(m))  # fmt: skip
     assert all(p.dtype == torch.float32 for p in student.parameters())  # master weights stay fp32
-    assert seen[1]["train_loss"] < seen[0]["train_loss"] and all(
+    # The labels' CE falls; a method's own term may not (CRD's rises as its banks fill with the
+    # real embeddings in place of their random start).
+    assert seen[1]["train_ce"] < seen[0]["train_ce"] and all(
         torch.isfinite(torch.tensor(v)) for v in seen[1].values()
     )
 
@@ -328,3 +338,44 @@ def test_a_failure_mid_epoch_leaves_the_terminal_on_a_new_line(monkeypatch):
         fit(build("LightNN", 0), train, broken_loss, FitConfig(1, 4, 1e-3, 0),
             data.Normalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), num_classes=CLASSES)  # fmt: skip
     assert "0/2" in terminal.getvalue() and terminal.getvalue().endswith("\n")
+
+
+# Every method trains, live and from the cached teacher outputs, and leaves the student as it is
+# deployed: its parts (adapters, heads, memory banks) are fit()'s, never the network's.
+TEACHERS = [m for m in losses.METHODS if losses.get(m).needs_teacher]
+TORCHVISION = {"student_layer": "features.8", "teacher_layer": "layer3"}  # 48 x 2 x 2, 256 x 2 x 2
+
+
+@pytest.mark.parametrize("method", TEACHERS)
+def test_every_method_trains_live_and_from_the_cache_alike(tiny, teacher, method):
+    from pipeline.train import cached_teacher, teacher_outputs
+
+    loss = losses.bind(method, with_layers(method, EVERY.get(method, {})))
+    config = FitConfig(1, 32, 1e-3, 42)
+    student, teaching = student_and_teaching(method, teacher)
+    live = train(student, tiny.train, loss, config, **teaching)
+    student, teaching = student_and_teaching(method, teacher)
+    cache = teacher_outputs(Tapped(teacher, side(method, "teacher")), tiny.train.images, NORMALIZE,
+                            "fp32")  # fmt: skip
+    cached = train(student, tiny.train, loss, config, targets=cached_teacher(cache),
+                   parts=teaching["parts"])  # fmt: skip
+    plain = models.build("LightNN", {}, CLASSES, 42, "model").state_dict()
+    assert live.net.state_dict().keys() == cached.net.state_dict().keys() == plain.keys()
+    for (name, a), b in zip(live.state_dict().items(), cached.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
+    assert not same_weights(live.net, models.build("LightNN", {}, CLASSES, 42, "model"))
+
+
+@pytest.mark.parametrize("method", TEACHERS)
+def test_every_method_trains_a_torchvision_pair(tiny, method):
+    """resnet18 teaching mobilenet_v3_small, tapped mid-network, for a few steps."""
+    teacher = models.build("resnet18", {}, CLASSES, 1, "teacher.model")
+    net = models.build("mobilenet_v3_small", {}, CLASSES, 2, "student.model")
+    student, teaching = student_and_teaching(method, teacher, student=net, layers=TORCHVISION,
+                                             dataset_size=64)  # fmt: skip
+    loss = losses.bind(method, with_layers(method, EVERY.get(method, {}), TORCHVISION))
+    seen = []
+    trained = train(student, data.subset(tiny.train, 64, "size"), loss, FitConfig(1, 32, 1e-3, 42),
+                    **teaching, on_epoch=lambda e, m: seen.append(m))  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(v)) for v in seen[0].values())
+    assert trained.net.state_dict().keys() == net.state_dict().keys()

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import safetensors
+import torch
 from torch import nn
 
-from pipeline import files, losses, models, taps, tracking
+from pipeline import adapters, files, losses, models, taps, tracking
 from pipeline.errors import one_line
 from pipeline.params import Params, RoleParams, Variant
 from pipeline.stages._training import Dataset
@@ -26,26 +27,50 @@ def image_shape(ds: Dataset) -> tuple[int, ...]:
 
 
 def layers(variant: Variant, side: str) -> dict[str, str]:
-    """The layers `variant` taps on one side ("student" or "teacher"): key path -> module path."""
-    return {f"variants.{variant.name}.{key}": variant.kwargs[key]
-            for key in losses.layers(variant.method) if key.startswith(side)}  # fmt: skip
+    """The layers `variant` taps on one side ("student" or "teacher"): key path -> module path
+    (`variants.at.student_layers[1]` for an entry of a list)."""
+    tapped = {}
+    for key in losses.layers(variant.method):
+        if key.startswith(side):
+            where, value = f"variants.{variant.name}.{key}", variant.kwargs[key]
+            if isinstance(value, str):
+                tapped[where] = value
+            else:
+                tapped |= {f"{where}[{i}]": layer for i, layer in enumerate(value)}
+    return tapped
 
 
 def parts(variant: Variant, student: nn.Module, teacher: nn.Module | None, p: Params,
           ds: Dataset) -> nn.Module | None:  # fmt: skip
-    """The method's adapters, built from the traced shapes of the layers the variant taps (after
-    checking that both models have them)."""
+    """The method's parts, built from the traced shapes of the layers the variant taps (after
+    checking that both models have them and, where the method compares maps, that they are maps)."""
     method = losses.get(variant.method)
-    if method.make_parts is None:
+    if method.make_parts is None and not method.needs_maps:
         return None
+    where = f"variants.{variant.name}"
     shapes = {}
     for side, net, role in (("student", student, p.student), ("teacher", teacher, p.teacher)):
-        tapped = layers(variant, side)
-        taps.check_layers(net, tapped, f"{side}.model {role.model}")
-        traced = taps.trace(net, tapped.values(), image_shape(ds), len(ds.classes),
-                            f"{side}.model {role.model}")  # fmt: skip
-        shapes |= {where.rsplit(".", 1)[-1]: traced[layer] for where, layer in tapped.items()}
-    return method.make_parts(shapes, f"variants.{variant.name}")
+        shapes |= _traced_shapes(variant, side, net, role, ds)
+    if method.needs_maps:
+        adapters.check_maps(shapes, where, variant.method)
+    if method.make_parts is None:
+        return None
+    return method.make_parts(losses.PartsInput(shapes, variant.kwargs, len(ds.train.labels), where))
+
+
+def _traced_shapes(variant: Variant, side: str, net: nn.Module, role: RoleParams,
+                   ds: Dataset) -> dict[str, torch.Size | list[torch.Size]]:  # fmt: skip
+    """The shapes of the layers `variant` taps on `side`, by layer parameter (a list for a list)."""
+    tapped = layers(variant, side)
+    taps.check_layers(net, tapped, f"{side}.model {role.model}")
+    traced = taps.trace(net, tapped.values(), image_shape(ds), len(ds.classes),
+                        f"{side}.model {role.model}")  # fmt: skip
+    shapes: dict[str, torch.Size | list[torch.Size]] = {}
+    for key in losses.layers(variant.method):
+        if key.startswith(side):
+            value = variant.kwargs[key]
+            shapes[key] = traced[value] if isinstance(value, str) else [traced[v] for v in value]
+    return shapes
 
 
 def teacher_layers(p: Params) -> dict[str, str]:
