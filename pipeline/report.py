@@ -60,6 +60,7 @@ def statistics(
             base = [students[baseline][s]["test_accuracy"] for s in seeds]
             entry[f"vs_{baseline}"] = stats.paired(acc, base)
         out[variant] = entry
+    stats.adjust_for_many({v: e[f"vs_{baseline}"] for v, e in out.items() if f"vs_{baseline}" in e})
     return out
 
 
@@ -105,14 +106,21 @@ def comparison_table(
     return "\n".join(lines) + "\n"
 
 
+def _p(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def statistics_table(table: Mapping[str, Any], baseline: str | None) -> str:
     """Mean, std and 95 % interval of test accuracy per variant; the paired difference to the
-    baseline with its interval, p-value and verdict."""
+    baseline with its interval, raw and Holm-adjusted p-values, and the verdict (on the latter)."""
     has_last = any("last_epoch_test_accuracy" in e for e in table.values())
     head = "| variant | seeds | test accuracy mean ± std | 95 % CI "
     head += "| last-epoch test accuracy " if has_last else ""
-    head += f"| vs. {baseline} (paired) | 95 % CI | p-value | verdict |"
-    lines = [head, "|---|---:|---:|---:|" + ("---:|" if has_last else "") + "---:|---:|---:|---|"]
+    head += f"| vs. {baseline} (paired) | 95 % CI | p-value | Holm p | verdict |"
+    lines = [
+        head,
+        "|---|---:|---:|---:|" + ("---:|" if has_last else "") + "---:|---:|---:|---:|---|",
+    ]
     for variant, e in table.items():
         acc = e["test_accuracy"]
         row = f"| {variant} | {acc['n']} | {_pct(acc['mean'])} ± {_pct(acc['std'], plain=True)} "
@@ -121,10 +129,10 @@ def statistics_table(table: Mapping[str, Any], baseline: str | None) -> str:
             row += f"| {_pct(e['last_epoch_test_accuracy']['mean'])} "
         d = e.get(f"vs_{baseline}")
         if d is None:
-            row += "| (baseline) | | | |"
+            row += "| (baseline) | | | | |"
         else:
-            p = "" if d["p_value"] is None else f"{d['p_value']:.3f}"
-            row += f"| {_points(d['mean_diff'])} | {_interval(d, _points)} | {p} | {d['verdict']} |"
+            p, holm = (_p(d["p_value"]), _p(d["p_holm"]))
+            row += f"| {_points(d['mean_diff'])} | {_interval(d, _points)} | {p} | {holm} | {d['verdict']} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 

@@ -68,6 +68,12 @@ def test_statistics_pair_variants_with_the_baseline_by_seed():
     table = statistics_table(s, "ce")
     assert "| kd | 2 | 73.00 % ± 1.41 |" in table and "| +2.00 pt |" in table
     assert "| ce | 2 | 71.00 % ± 1.41 |" in table and "(baseline)" in table
+    # kd and cosine are the family: p 0 and 1, Holm-adjusted 0 (x 2) and 1; kd's verdict on it
+    assert s["kd"]["vs_ce"]["p_holm"] == 0.0 and s["cosine"]["vs_ce"]["p_holm"] == 1.0
+    assert (
+        "| 0.000 | 0.000 | gain |" in table
+        and "| 1.000 | 1.000 | no detectable difference |" in table
+    )
 
 
 def test_last_epoch_accuracy_appears_only_with_a_validation_split():

@@ -5,7 +5,16 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from pipeline.stats import GAIN, LOSS, NO_DIFFERENCE, TOO_FEW, paired, summary
+from pipeline.stats import (
+    GAIN,
+    LOSS,
+    NO_DIFFERENCE,
+    TOO_FEW,
+    adjust_for_many,
+    holm,
+    paired,
+    summary,
+)
 
 
 def test_summary_mean_std_and_t_interval():
@@ -37,3 +46,27 @@ def test_noise_is_no_detectable_difference():
 def test_identical_differences_do_not_divide_by_zero():
     assert paired([0.7, 0.8], [0.7, 0.8])["verdict"] == NO_DIFFERENCE
     assert paired([0.75, 0.5], [0.5, 0.25])["p_value"] == 0.0  # exact in binary: same differences
+
+
+def test_holm_adjusts_each_p_value_by_its_rank_and_keeps_them_monotone():
+    # Holm by hand for m = 4: sorted p (0.01, 0.02, 0.03, 0.04) times (4, 3, 2, 1) = (0.04, 0.06,
+    # 0.06, 0.04); each then at least the one before it (step-down): 0.04, 0.06, 0.06, 0.06.
+    adjusted = holm({"a": 0.03, "b": 0.01, "c": 0.04, "d": 0.02, "e": None})
+    assert adjusted == {"a": pytest.approx(0.06), "b": pytest.approx(0.04),
+                        "c": pytest.approx(0.06), "d": pytest.approx(0.06), "e": None}  # fmt: skip
+    assert holm({"a": 0.5, "b": 0.9}) == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+
+
+def test_a_raw_gain_that_does_not_survive_many_comparisons_is_no_detectable_difference():
+    ce = [0.70, 0.71, 0.69, 0.72, 0.70]
+    lucky = [0.72, 0.72, 0.71, 0.73, 0.71]  # a small gain: p < 0.05 alone
+    noise = {f"v{i}": paired([a + (0.01 if (i + j) % 2 else -0.01) for j, a in enumerate(ce)], ce)
+             for i in range(11)}  # fmt: skip
+    comparisons = {"lucky": paired(lucky, ce), **noise}
+    raw = comparisons["lucky"]["p_value"]
+    assert raw < 0.05 and comparisons["lucky"]["verdict"] == GAIN
+    adjust_for_many(comparisons)
+    lucky_result = comparisons["lucky"]
+    assert lucky_result["p_value"] == raw  # the raw one is kept beside
+    assert lucky_result["p_holm"] == pytest.approx(min(1.0, 12 * raw))  # smallest: times m = 12
+    assert lucky_result["verdict"] == NO_DIFFERENCE

@@ -89,7 +89,8 @@ def _comparison_text(
         "teacher's median batch-1 CPU latency over the model's; throughput is at batch 256.\n\n"
         f"{report.statistics_table(table_stats, baseline)}\n"
         "Paired by seed (same initial weights, same batches); 95 % intervals from Student's t; "
-        "p-value of the two-sided paired t-test; verdict at p < 0.05.\n"
+        "p-value of the two-sided paired t-test; Holm p: adjusted by Holm-Bonferroni over the "
+        f"{_comparisons(table_stats, baseline)} comparisons with {baseline}; verdict at Holm p < 0.05.\n"
     )
 
 
@@ -215,7 +216,15 @@ def _per_variant(table: dict, baseline: str | None) -> dict[str, float]:
             shown[f"vs_{baseline}/{variant}"] = versus["mean_diff"]
             if versus["p_value"] is not None:
                 shown[f"p_value/{variant}"] = versus["p_value"]
+                shown[f"p_holm/{variant}"] = versus["p_holm"]
     return shown
+
+
+def _comparisons(table: dict, baseline: str | None) -> int:
+    """How many variants have a p-value against the baseline: the family Holm adjusts over."""
+    return sum(
+        1 for e in table.values() if (e.get(f"vs_{baseline}") or {}).get("p_value") is not None
+    )
 
 
 def _points(evaluation: dict, speed: dict) -> dict[str, dict[str, float]]:
