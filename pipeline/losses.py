@@ -25,7 +25,8 @@ from pipeline.methods import contrastive, hints, logits, relations
 from pipeline.methods.base import TOTAL, Context, Terms
 from pipeline.methods.options import Layers, Number, Option, Switch, check_all, layer_pair, weights
 
-__all__ = ["METHODS", "TOTAL", "Context", "Method", "Terms", "bind", "get", "layers", "resolve"]
+__all__ = ["METHODS", "TOTAL", "Context", "Method", "PartsInput", "Terms", "bind", "get", "layers",
+           "make_parts", "resolve", "side_layers"]  # fmt: skip
 
 # Every name a layer parameter can have: one layer per side, or a list per side.
 LAYER_KEYS = ("student_layer", "teacher_layer", "student_layers", "teacher_layers")
@@ -126,6 +127,25 @@ def layers(name: str) -> tuple[str, ...]:
 def many_layers(name: str, key: str) -> bool:
     """Whether layer parameter `key` of method `name` is a list of layers."""
     return get(name).options[key].many
+
+
+def side_layers(name: str, options: Mapping[str, Any], side: str) -> dict[str, Any]:
+    """The layer parameters of method `name` on one side ("student" or "teacher") and their values
+    in the bound `options`: a module path, or a tuple of them."""
+    return {key: options[key] for key in layers(name) if key.startswith(side)}
+
+
+def make_parts(name: str, options: Mapping[str, Any],
+               shapes: Mapping[str, torch.Size | list[torch.Size]], dataset_size: int,
+               where: str) -> nn.Module | None:  # fmt: skip
+    """The method's parts for the traced `shapes` of its layer parameters (None when it has none),
+    after checking they are feature maps where the method compares maps (ModelError naming the key)."""
+    method = get(name)
+    if method.needs_maps:
+        adapters.check_maps(dict(shapes), where, name)
+    if method.make_parts is None:
+        return None
+    return method.make_parts(PartsInput(shapes, options, dataset_size, where))
 
 
 def resolve(name: str, params: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:

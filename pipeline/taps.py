@@ -97,3 +97,16 @@ def _check_logits(logits: torch.Tensor | None, num_classes: int, model: str) -> 
         raise ModelError(f"{model} returns {got} where logits should be (N x {num_classes}, one "
                          f"column per class of the data): make it return logits, or pass "
                          f"num_classes in its args")  # fmt: skip
+
+
+def layer_shapes(net: nn.Module, layers: Mapping[str, str | tuple[str, ...]],
+                 image_shape: tuple[int, ...], num_classes: int,
+                 model: str) -> dict[str, torch.Size | list[torch.Size]]:  # fmt: skip
+    """The traced shapes (see trace) of a method's layer parameters (`student_layer` -> path, or
+    `student_layers` -> paths), keyed the same way: one shape, or a list for a list of paths."""
+    paths = [
+        p for value in layers.values() for p in ((value,) if isinstance(value, str) else value)
+    ]
+    traced = trace(net, paths, image_shape, num_classes, model)
+    return {key: traced[value] if isinstance(value, str) else [traced[p] for p in value]
+            for key, value in layers.items()}  # fmt: skip

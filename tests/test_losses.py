@@ -115,20 +115,13 @@ def tapped_pair(name: str, params: dict) -> tuple[Tapped, Tapped, nn.Module | No
     """The tutorial's student and teacher, tapped where the method's params say, and its parts
     built from the traced shapes, as the distill stage does."""
     bound = losses.resolve(name, params)
-    sides = {}
+    tapped, shapes = {}, {}
     for side, net in (("student", LightNN()), ("teacher", DeepNN())):
-        keys = [k for k in losses.layers(name) if k.startswith(side)]
-        paths = [p for k in keys for p in ([bound[k]] if isinstance(bound[k], str) else bound[k])]
-        traced = taps.trace(net, paths, (3, 32, 32), 10, side)
-        shapes = {k: traced[bound[k]] if isinstance(bound[k], str) else [traced[p] for p in bound[k]]
-                  for k in keys}  # fmt: skip
-        sides[side] = (Tapped(net, paths), shapes)
-    method = losses.get(name)
-    shapes = sides["student"][1] | sides["teacher"][1]
-    parts = (
-        method.make_parts(losses.PartsInput(shapes, bound, 6, name)) if method.make_parts else None
-    )
-    return sides["student"][0], sides["teacher"][0], parts
+        layers = losses.side_layers(name, bound, side)
+        shapes |= taps.layer_shapes(net, layers, (3, 32, 32), 10, side)
+        paths = [p for v in layers.values() for p in ([v] if isinstance(v, str) else v)]
+        tapped[side] = Tapped(net, paths)
+    return tapped["student"], tapped["teacher"], losses.make_parts(name, bound, shapes, 6, name)
 
 
 @pytest.mark.parametrize("name", list(losses.METHODS))

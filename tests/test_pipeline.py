@@ -722,6 +722,11 @@ def test_several_seeds_and_a_validation_split_give_paired_statistics(project, fi
         "test_accuracy" not in json.loads((project.path / "plots/train/kd-7.json").read_text())[0]
     )
     assert "last-epoch test accuracy" in report and "p-value" in report
+    # Holm over the three comparisons with ce: never below the raw p-value, the smallest times 3
+    raw = sorted((stats[v]["vs_ce"]["p_value"], v) for v in STUDENTS if v != "ce")
+    assert stats[raw[0][1]]["vs_ce"]["p_holm"] == pytest.approx(min(1.0, 3 * raw[0][0]))
+    assert all(stats[v]["vs_ce"]["p_holm"] >= p for p, v in raw)
+    assert "| Holm p | verdict |" in report and "over the 3 comparisons with ce" in report
     # the challenger is chosen on validation accuracy
     best = max(((v, s) for v in STUDENTS for s in ("42", "7")),
                key=lambda vs: evaluation["students"][vs[0]][vs[1]]["val_accuracy"])  # fmt: skip

@@ -64,15 +64,11 @@ def student_and_teaching(method: str, teacher: torch.nn.Module, seed: int = CONF
     student = Tapped(student or models.build("LightNN", {}, CLASSES, seed, "model"),
                      side(method, "student", layers))  # fmt: skip
     spec, bound = losses.get(method), losses.resolve(method, with_layers(method, {}, layers))
-    parts = None
-    if spec.make_parts is not None:
-        shapes = {}
-        for key in losses.layers(method):
-            net = student.net if key.startswith("student") else teacher
-            layer = layers[key.rstrip("s")]
-            shape = taps.trace(net, [layer], (3, 32, 32), CLASSES, key)[layer]
-            shapes[key] = [shape] if key.endswith("s") else shape
-        parts = spec.make_parts(losses.PartsInput(shapes, bound, dataset_size, method))
+    shapes = {}
+    for role, net in (("student", student.net), ("teacher", teacher)):
+        tapped = losses.side_layers(method, bound, role)
+        shapes |= taps.layer_shapes(net, tapped, (3, 32, 32), CLASSES, role)
+    parts = losses.make_parts(method, bound, shapes, dataset_size, method)
     tapped_teacher = Tapped(teacher, side(method, "teacher", layers))
     targets = live_teacher(tapped_teacher, precision) if spec.needs_teacher else None
     return student, {"targets": targets, "parts": parts}

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import safetensors
-import torch
 from torch import nn
 
-from pipeline import adapters, files, losses, models, taps, tracking
+from pipeline import files, losses, models, taps, tracking
 from pipeline.errors import one_line
 from pipeline.params import Params, RoleParams, Variant
 from pipeline.stages._training import Dataset
@@ -30,13 +29,12 @@ def layers(variant: Variant, side: str) -> dict[str, str]:
     """The layers `variant` taps on one side ("student" or "teacher"): key path -> module path
     (`variants.at.student_layers[1]` for an entry of a list)."""
     tapped = {}
-    for key in losses.layers(variant.method):
-        if key.startswith(side):
-            where, value = f"variants.{variant.name}.{key}", variant.kwargs[key]
-            if isinstance(value, str):
-                tapped[where] = value
-            else:
-                tapped |= {f"{where}[{i}]": layer for i, layer in enumerate(value)}
+    for key, value in losses.side_layers(variant.method, variant.kwargs, side).items():
+        where = f"variants.{variant.name}.{key}"
+        if isinstance(value, str):
+            tapped[where] = value
+        else:
+            tapped |= {f"{where}[{i}]": layer for i, layer in enumerate(value)}
     return tapped
 
 
@@ -47,30 +45,14 @@ def parts(variant: Variant, student: nn.Module, teacher: nn.Module | None, p: Pa
     method = losses.get(variant.method)
     if method.make_parts is None and not method.needs_maps:
         return None
-    where = f"variants.{variant.name}"
     shapes = {}
     for side, net, role in (("student", student, p.student), ("teacher", teacher, p.teacher)):
-        shapes |= _traced_shapes(variant, side, net, role, ds)
-    if method.needs_maps:
-        adapters.check_maps(shapes, where, variant.method)
-    if method.make_parts is None:
-        return None
-    return method.make_parts(losses.PartsInput(shapes, variant.kwargs, len(ds.train.labels), where))
-
-
-def _traced_shapes(variant: Variant, side: str, net: nn.Module, role: RoleParams,
-                   ds: Dataset) -> dict[str, torch.Size | list[torch.Size]]:  # fmt: skip
-    """The shapes of the layers `variant` taps on `side`, by layer parameter (a list for a list)."""
-    tapped = layers(variant, side)
-    taps.check_layers(net, tapped, f"{side}.model {role.model}")
-    traced = taps.trace(net, tapped.values(), image_shape(ds), len(ds.classes),
-                        f"{side}.model {role.model}")  # fmt: skip
-    shapes: dict[str, torch.Size | list[torch.Size]] = {}
-    for key in losses.layers(variant.method):
-        if key.startswith(side):
-            value = variant.kwargs[key]
-            shapes[key] = traced[value] if isinstance(value, str) else [traced[v] for v in value]
-    return shapes
+        model = f"{side}.model {role.model}"
+        taps.check_layers(net, layers(variant, side), model)
+        shapes |= taps.layer_shapes(net, losses.side_layers(variant.method, variant.kwargs, side),
+                                    image_shape(ds), len(ds.classes), model)  # fmt: skip
+    return losses.make_parts(variant.method, variant.kwargs, shapes, len(ds.train.labels),
+                             f"variants.{variant.name}")  # fmt: skip
 
 
 def teacher_layers(p: Params) -> dict[str, str]:
