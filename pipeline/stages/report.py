@@ -89,8 +89,8 @@ def _comparison_text(
         "teacher's median batch-1 CPU latency over the model's; throughput is at batch 256.\n\n"
         f"{report.statistics_table(table_stats, baseline)}\n"
         "Paired by seed (same initial weights, same batches); 95 % intervals from Student's t; "
-        "p-value of the two-sided paired t-test; Holm p: adjusted by Holm-Bonferroni over the "
-        f"{_comparisons(table_stats, baseline)} comparisons with {baseline}; verdict at Holm p < 0.05.\n"
+        "p-value of the two-sided paired t-test; "
+        f"{_holm_key(_comparisons(table_stats, baseline), baseline)}\n"
     )
 
 
@@ -218,6 +218,13 @@ def _per_variant(table: dict, baseline: str | None) -> dict[str, float]:
                 shown[f"p_value/{variant}"] = versus["p_value"]
                 shown[f"p_holm/{variant}"] = versus["p_holm"]
     return shown
+
+
+def _holm_key(comparisons: int, baseline: str | None) -> str:
+    if not comparisons:  # one seed: no p-values to adjust
+        return "with one seed there are no p-values (list more in seeds)."
+    return (f"Holm p: adjusted by Holm-Bonferroni over the {comparisons} comparisons with "
+            f"{baseline}; verdict at Holm p < 0.05.")  # fmt: skip
 
 
 def _comparisons(table: dict, baseline: str | None) -> int:
