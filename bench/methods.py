@@ -56,8 +56,7 @@ def epoch_seconds(method: str, train: data.Split, cache, teacher, config: FitCon
             net, losses.side_layers(method, bound, side), (3, 32, 32), 10, side
         )
     parts = losses.make_parts(method, bound, shapes, len(train.labels), method)
-    paths = [p for v in losses.side_layers(method, bound, "student").values()
-             for p in ([v] if isinstance(v, str) else v)]  # fmt: skip
+    paths = losses.tapped_paths(method, bound, "student")
     seen = []
     needs_teacher = losses.get(method).needs_teacher
     fit(Tapped(student, paths), train, losses.bind(method, bound), config, NORMALIZE,

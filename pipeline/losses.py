@@ -26,7 +26,7 @@ from pipeline.methods.base import TOTAL, Context, Terms
 from pipeline.methods.options import Layers, Number, Option, Switch, check_all, layer_pair, weights
 
 __all__ = ["METHODS", "TOTAL", "Context", "Method", "PartsInput", "Terms", "bind", "get", "layers",
-           "make_parts", "resolve", "side_layers"]  # fmt: skip
+           "make_parts", "resolve", "side_layers", "tapped_paths"]  # fmt: skip
 
 # Every name a layer parameter can have: one layer per side, or a list per side.
 LAYER_KEYS = ("student_layer", "teacher_layer", "student_layers", "teacher_layers")
@@ -133,6 +133,12 @@ def side_layers(name: str, options: Mapping[str, Any], side: str) -> dict[str, A
     """The layer parameters of method `name` on one side ("student" or "teacher") and their values
     in the bound `options`: a module path, or a tuple of them."""
     return {key: options[key] for key in layers(name) if key.startswith(side)}
+
+
+def tapped_paths(name: str, options: Mapping[str, Any], side: str) -> list[str]:
+    """The module paths method `name` taps on one side, its lists flattened, in order."""
+    values = side_layers(name, options, side).values()
+    return [path for v in values for path in ((v,) if isinstance(v, str) else v)]
 
 
 def make_parts(name: str, options: Mapping[str, Any],

@@ -119,8 +119,7 @@ def tapped_pair(name: str, params: dict) -> tuple[Tapped, Tapped, nn.Module | No
     for side, net in (("student", LightNN()), ("teacher", DeepNN())):
         layers = losses.side_layers(name, bound, side)
         shapes |= taps.layer_shapes(net, layers, (3, 32, 32), 10, side)
-        paths = [p for v in layers.values() for p in ([v] if isinstance(v, str) else v)]
-        tapped[side] = Tapped(net, paths)
+        tapped[side] = Tapped(net, losses.tapped_paths(name, bound, side))
     return tapped["student"], tapped["teacher"], losses.make_parts(name, bound, shapes, 6, name)
 
 
