@@ -125,13 +125,23 @@ def test_the_experiment_opens_as_model_training_with_a_view_of_the_models(projec
     view = json.loads(exp.tags["mlflow.sharedViewState.models-by-accuracy"])
     assert view["orderByKey"] == "metrics.`test_accuracy`" and view["orderByAsc"] is False
     assert view["selectedColumns"][:2] == ["metrics.`test_accuracy`", "metrics.`teacher_agreement`"]
+    assert view["columnOrder"] == view["selectedColumns"]
     assert "viewStateShareKey=models-by-accuracy" in exp.tags["mlflow.note.content"]
+    # the chart (compare) view: its bars are metrics every model's run has
+    charts = json.loads(exp.tags["mlflow.sharedViewState.models-compared"])
+    charted = [c["metricKey"] for c in charts["compareRunCharts"]]
+    assert charted[:2] == ["test_accuracy", "teacher_agreement"] and "latency_ms" in charted
+    assert (
+        "viewStateShareKey=models-compared&compareRunsMode=CHART" in exp.tags["mlflow.note.content"]
+    )
     # the view's filter selects exactly one run per model (this project has one invocation yet)
     assert len(invocations(project)) == 1
     shown = project.client.search_runs([exp.experiment_id], filter_string=view["searchFilter"])
     assert sorted(r.info.run_name for r in shown) == sorted(
         ["train_teacher@42", *(f"distill@{s}-42" for s in STUDENTS)]
     )
+    for run in shown:
+        assert set(charted) <= set(run.data.metrics), run.info.run_name
 
 
 def png_table(pixels: torch.Tensor) -> pd.DataFrame:

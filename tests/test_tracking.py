@@ -1,5 +1,6 @@
 """A tracking server that does not answer fails a stage fast, in bounded time, in one line."""
 
+import json
 import os
 import socket
 import subprocess
@@ -82,3 +83,24 @@ def test_parallel_stages_on_a_fresh_sqlite_store_all_finish(tmp_path):
     )
     assert sorted(r.info.run_name for r in runs) == [f"stage-{i}" for i in range(4)]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_an_earlier_store_gets_the_views_it_lacks_and_keeps_the_users_choices(tmp_path):
+    from pipeline.tracking import store
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = store.client(uri)
+    # as an earlier version left it: kind and table view set, the user's own note, no chart view
+    exp_id = client.create_experiment("cifar10-distillation")
+    client.set_experiment_tag(exp_id, store.KIND_TAG, store.KIND)
+    client.set_experiment_tag(exp_id, "mlflow.note.content", "my own notes")
+    assert store.experiment_id(client, "cifar10-distillation", uri) == exp_id
+    tags = client.get_experiment(exp_id).tags
+    assert tags["mlflow.note.content"] == "my own notes"
+    charts = json.loads(tags[store.CHARTS_TAG])
+    assert [c["metricKey"] for c in charts["compareRunCharts"]] == list(store.CHART_METRICS)
+    (section,) = charts["compareRunSections"]
+    assert {c["metricSectionId"] for c in charts["compareRunCharts"]} == {section["uuid"]}
+    assert charts["searchFilter"] == json.loads(tags[store.VIEW_TAG])["searchFilter"]
+    # the view is the same on every store: a link saved from one opens the same charts on another
+    assert charts == store._charts_view()

@@ -16,6 +16,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,13 @@ VIEW_KEY = "models-by-accuracy"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 VIEW_PARAMS = ("variant.method", "seed", "model")
 VIEW_METRICS = ("val_accuracy", "parameters", "throughput")
+# The same runs in the runs page's chart (compare) mode, opened by charts_link(): a bar chart per
+# evaluated figure, in a section of its own that comes first. MLflow's classic compare page cannot
+# be set up this way: it lists every metric alphabetically in a box about seven rows high.
+CHARTS_KEY = "models-compared"
+CHARTS_TAG = f"mlflow.sharedViewState.{CHARTS_KEY}"
+CHARTS_SECTION = "Evaluated (fp32, test set)"
+CHART_METRICS = (*HEADLINE, "throughput", "parameters")
 
 # MLflow's logger is chatty about things the user did not do (store migrations, "Created version")
 # at INFO.
@@ -146,39 +154,68 @@ def sqlite_file(uri: str) -> Path | None:
 
 def experiment_id(mlflow_client: MlflowClient, name: str, uri: str) -> str:
     """The experiment `name`, created when missing, set to open as a model-training experiment
-    with the saved view of its models (both set once, so a user's own choice later stays)."""
+    with the saved views of its models (each tag set once, so a user's own choice later stays;
+    a store made by an earlier version gets the tags it lacks)."""
     found = mlflow_client.get_experiment_by_name(name)
     if found is None:
         try:
             return _created(mlflow_client, name, artifact_location(uri))
         except MlflowException:  # created meanwhile by a parallel stage
             found = mlflow_client.get_experiment_by_name(name)
-    if KIND_TAG not in found.tags:  # made by an earlier version of the pipeline, or by hand
-        _describe(mlflow_client, found.experiment_id)
+    _describe(mlflow_client, found.experiment_id, found.tags)
     return found.experiment_id
 
 
 def _created(mlflow_client: MlflowClient, name: str, artifacts: str | None) -> str:
     created = mlflow_client.create_experiment(name, artifact_location=artifacts)
-    _describe(mlflow_client, created)
+    _describe(mlflow_client, created, {})
     return created
 
 
-def _describe(mlflow_client: MlflowClient, exp_id: str) -> None:
+def _describe(mlflow_client: MlflowClient, exp_id: str, present: dict[str, str]) -> None:
     for key, value in ((KIND_TAG, KIND), (VIEW_TAG, json.dumps(_view())),
+                       (CHARTS_TAG, json.dumps(_charts_view())),
                        ("mlflow.note.content", _note(exp_id))):  # fmt: skip
-        mlflow_client.set_experiment_tag(exp_id, key, value)
+        if key not in present:
+            mlflow_client.set_experiment_tag(exp_id, key, value)
 
 
 def _view() -> dict:
     """The saved view: every model's run (one per model and pipeline invocation), best first."""
     metric = [f"metrics.`{name}`" for name in (*HEADLINE, *VIEW_METRICS)]
+    columns = [*metric, *(f"params.`{name}`" for name in VIEW_PARAMS)]
     return {
         "searchFilter": "tags.`pipeline.kind` = 'model'",
         "orderByKey": "metrics.`test_accuracy`",
         "orderByAsc": False,
-        "selectedColumns": [*metric, *(f"params.`{name}`" for name in VIEW_PARAMS)],
+        "selectedColumns": columns,
+        "columnOrder": columns,  # without it the UI puts the selected columns alphabetically
     }
+
+
+def _charts_view() -> dict:
+    """The saved view in chart mode: one bar chart per evaluated figure, a bar per model run.
+    The fields are those of the MLflow UI's own chart and section cards; ids are fixed (uuid5) so
+    the view is the same on every store."""
+    section = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{CHARTS_KEY}/{CHARTS_SECTION}"))
+    charts = [{"uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{CHARTS_KEY}/{name}")), "type": "BAR",
+               "metricKey": name, "displayName": name, "metricSectionId": section,
+               "runsCountToCompare": 10, "deleted": False, "isGenerated": False}
+              for name in CHART_METRICS]  # fmt: skip
+    sections = [{"uuid": section, "name": CHARTS_SECTION, "display": True, "isReordered": False,
+                 "deleted": False, "isGenerated": False}]  # fmt: skip
+    # isAccordionReordered keeps our section first; the UI adds the other metrics' after it
+    return {
+        **_view(),
+        "compareRunCharts": charts,
+        "compareRunSections": sections,
+        "isAccordionReordered": True,
+    }
+
+
+def charts_link(exp_id: str) -> str:
+    """The UI route (after the server's address and #) of the models compared in charts."""
+    return f"/experiments/{exp_id}/runs?viewStateShareKey={CHARTS_KEY}&compareRunsMode=CHART"
 
 
 def _note(exp_id: str) -> str:
@@ -187,6 +224,7 @@ def _note(exp_id: str) -> str:
         "(named after the experiment, or the commit and time) holding one run per model with its "
         "evaluated metrics (fp32 test accuracy, agreement and KL to the teacher, ECE, latency, "
         "size), whether DVC trained it in that invocation or took it from its cache. "
-        f"[The models, best first](#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}). "
+        f"[The models, best first](#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}); "
+        f"[the models compared, a chart per figure](#{charts_link(exp_id)}). "
         "Per-epoch training curves are under `epoch/`."
     )
