@@ -26,11 +26,10 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.datasets.utils import calculate_md5
 
 from pipeline import progress
 from pipeline.errors import UserError
-from pipeline.files import atomic_path, writing
+from pipeline.files import atomic_path, md5_of_file, writing
 from pipeline.images import resize
 
 ARCHIVE_DIR = "cifar-10-batches-py"
@@ -69,13 +68,13 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
     """
     md5 = md5.lower()
     if dest.is_file():
-        if calculate_md5(dest) == md5:
+        if md5_of_file(dest) == md5:
             return dest
         dest.unlink()  # stale: another archive than the one params ask for
     with atomic_path(dest) as tmp:
         with writing(dest), open(tmp, "wb") as out:
             _copy_from(url, out, timeout)
-        actual = calculate_md5(tmp)
+        actual = md5_of_file(tmp)
         if actual != md5:
             raise DataError(
                 f"MD5 mismatch for {url}: expected {md5}, got {actual} ({_what_came(tmp)}; it was "

@@ -162,6 +162,12 @@ def md5(blob: bytes) -> str:
     return hashlib.md5(blob, usedforsecurity=False).hexdigest()
 
 
+def md5_of_file(path: Path) -> str:
+    """The MD5 of a file, read in chunks (archives are larger than memory should hold)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -11,6 +11,7 @@ file or folder and what to do about it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import posixpath
@@ -21,16 +22,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.datasets.utils import calculate_md5
 
 from pipeline import progress
 from pipeline.data import Cifar10, DataError, Split
 from pipeline.errors import one_line
+from pipeline.files import md5_of_file
 from pipeline.images import decode, resize
 
 SPLITS = ("train", "test")
-EXTENSIONS = tuple(e.lower() for e in IMG_EXTENSIONS)
 SHUFFLE_SEED = 0
 LAYOUT = "an image folder holds train/<class>/<images> and test/<class>/<images>"
 
@@ -57,9 +56,9 @@ def md5_of(path: Path) -> str:
     """A file's MD5; for a directory, the MD5 of its `md5sum` listing: the lines
     '<MD5 of the file>  <path relative to the directory>\\n' of every file under it, sorted by path."""
     if not path.is_dir():
-        return calculate_md5(path)
+        return md5_of_file(path)
     files = [name for name in _walk(path) if not name.endswith("/")]
-    listing = "".join(f"{calculate_md5(path / name)}  {name}\n" for name in files)
+    listing = "".join(f"{md5_of_file(path / name)}  {name}\n" for name in files)
     return hashlib.md5(listing.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -109,9 +108,18 @@ def _class_files(entries: list[str], split: str) -> dict[str, list[str]]:
     return classes
 
 
+@functools.cache
+def extensions() -> tuple[str, ...]:
+    """ImageFolder's image extensions, lower case (torchvision imported only when a folder is read:
+    it takes seconds, and the CIFAR-10 stages never need it)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(e.lower() for e in IMG_EXTENSIONS)
+
+
 def _is_image(name: str) -> bool:
     hidden = any(part.startswith(".") for part in name.split("/"))
-    return bool(name) and not hidden and name.lower().endswith(EXTENSIONS)
+    return bool(name) and not hidden and name.lower().endswith(extensions())
 
 
 def _layout(path: Path, entries: list[str]) -> tuple[tuple[str, ...], list[list[tuple[str, int]]]]:
@@ -127,7 +135,7 @@ def _layout(path: Path, entries: list[str]) -> tuple[tuple[str, ...], list[list[
         for name, files in classes.items():
             if not files:
                 raise DataError(f"{path}: {root}{split}/{name} has no image files "
-                                f"({', '.join(EXTENSIONS)}); add images or remove the folder")  # fmt: skip
+                                f"({', '.join(extensions())}); add images or remove the folder")  # fmt: skip
     _check_same_classes(path, *found.values())
     classes = tuple(sorted(found["train"]))
     splits = [

@@ -12,7 +12,6 @@ import io
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 
 def decode(blob: bytes) -> torch.Tensor:
@@ -30,6 +29,9 @@ def decode(blob: bytes) -> torch.Tensor:
 def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """uint8 images (3 x H x W, or N x 3 x H x W) resized to size x size (or H x W), bilinear and
     antialiased (the aspect ratio is not kept). Images already of that size are returned as they are."""
+    # imported here: torchvision takes seconds to import, and most stages never resize
+    from torchvision.transforms.v2 import functional as TF
+
     height, width = (size, size) if isinstance(size, int) else size
     return TF.resize(images, [height, width], antialias=True)
 

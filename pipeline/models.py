@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import safetensors.torch
 import torch
-import torchvision
 from torch import nn
 
 from pipeline.errors import UserError
@@ -94,7 +94,15 @@ THIS_FILE = Path(__file__)
 
 def torchvision_names() -> list[str]:
     """torchvision's classification models (not its detection or segmentation ones)."""
-    return torchvision.models.list_models(module=torchvision.models)
+    return _torchvision_models().list_models(module=_torchvision_models())
+
+
+def _torchvision_models() -> ModuleType:
+    """Imported when first asked for: torchvision takes seconds to import (a third of a stage's
+    start), and the built-in models do not need it."""
+    import torchvision.models
+
+    return torchvision.models
 
 
 def resolve(name: str, where: str) -> Callable[..., nn.Module]:
@@ -104,7 +112,7 @@ def resolve(name: str, where: str) -> Callable[..., nn.Module]:
     if ":" in name:
         return _imported(name, where)
     if name in torchvision_names():
-        return partial(torchvision.models.get_model, name, weights=None)
+        return partial(_torchvision_models().get_model, name, weights=None)
     near = difflib.get_close_matches(name, [*BUILTINS, *torchvision_names()], n=4, cutoff=0.5)
     hint = f"did you mean {', '.join(near)}? " if near else ""
     raise ModelError(f"{where} = {name!r}: not a built-in ({', '.join(BUILTINS)}), a torchvision "

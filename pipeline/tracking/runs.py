@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import platform
 import socket
@@ -25,7 +26,6 @@ from typing import Any
 import mlflow
 import psutil
 import torch
-import torchvision
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -98,7 +98,7 @@ def _invocation_tags(data_md5: str | None) -> dict[str, str]:
         "data.md5": data_md5 or "none",  # none: an image folder given without an MD5
         INVOCATION_TAG: provenance.invocation_key(),
         "torch.version": torch.__version__,
-        "torchvision.version": torchvision.__version__,
+        "torchvision.version": importlib.metadata.version("torchvision"),
         "cuda.version": torch.version.cuda or "none",  # the CUDA torch was built with
         "python.version": platform.python_version(),
         **_process_tags(),

@@ -13,6 +13,7 @@ is the torch module itself (uint8 N x 3 x H x W in, logits out).
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import tempfile
 from collections.abc import Sequence
@@ -21,14 +22,9 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import mlflow.pytorch
-import numpy as np
 import pandas as pd
-import PIL
-import psutil
-import safetensors
 import safetensors.torch
 import torch
-import torchvision
 from mlflow.models import infer_signature
 
 from pipeline import images, models
@@ -118,9 +114,18 @@ def log_model(
 
 
 def _requirements() -> list[str]:
-    pinned = {"torch": torch, "torchvision": torchvision, "numpy": np, "pandas": pd,
-              "pillow": PIL, "psutil": psutil, "safetensors": safetensors, "mlflow": mlflow}  # fmt: skip
-    return [f"{name}=={module.__version__.split('+')[0]}" for name, module in pinned.items()]
+    pinned = (
+        "torch",
+        "torchvision",
+        "numpy",
+        "pandas",
+        "pillow",
+        "psutil",
+        "safetensors",
+        "mlflow",
+    )
+    # the installed distributions' versions, without importing them (torchvision takes seconds)
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in pinned]
 
 
 def load_network(uri: str) -> torch.nn.Module:
