@@ -3,7 +3,7 @@
     python bench/startup.py [--repeats 5]
 
 Every stage DVC runs is a new process, and on the small data of the tests and CI most of a
-stage's time is this start; the tests run about a thousand of them. Prints, per stage module, the
+stage's time is this start; the tests run hundreds of them. Prints, per stage module, the
 median and the fastest of `--repeats` fresh imports, and which heavy libraries the import loaded.
 Asserts nothing.
 """

@@ -94,7 +94,8 @@ THIS_FILE = Path(__file__)
 
 def torchvision_names() -> list[str]:
     """torchvision's classification models (not its detection or segmentation ones)."""
-    return _torchvision_models().list_models(module=_torchvision_models())
+    zoo = _torchvision_models()
+    return zoo.list_models(module=zoo)
 
 
 def _torchvision_models() -> ModuleType:

@@ -90,7 +90,7 @@ def test_an_earlier_store_gets_the_views_it_lacks_and_keeps_the_users_choices(tm
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = store.client(uri)
-    # as an earlier version left it: kind and table view set, the user's own note, no chart view
+    # as an earlier version or the user left it: the kind and the user's own note, no saved views
     exp_id = client.create_experiment("cifar10-distillation")
     client.set_experiment_tag(exp_id, store.KIND_TAG, store.KIND)
     client.set_experiment_tag(exp_id, "mlflow.note.content", "my own notes")

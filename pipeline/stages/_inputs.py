@@ -122,7 +122,7 @@ def history(path: Path, producer: str) -> list[dict[str, float]]:
 def md5(path: Path, producer: str) -> str:
     """The MD5 of an output of `producer` (a model file, say): what dvc.lock records for it."""
     with _reading(path, producer, (OSError,)):
-        return files.md5(path.read_bytes())
+        return files.md5_of_file(path)
 
 
 def _is_number(value: Any) -> bool:

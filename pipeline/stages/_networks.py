@@ -74,7 +74,7 @@ def pretrained(role: RoleParams, ds: Dataset, seed: int) -> tuple[nn.Module, dic
         origin = {"weights_uri": source}
     else:
         state = _state_from_file(Path(source))
-        origin = {"weights_md5": files.md5(Path(source).read_bytes())}
+        origin = {"weights_md5": files.md5_of_file(Path(source))}
     net = build(role, "teacher", ds, seed)
     try:
         net.load_state_dict(state)

@@ -130,7 +130,7 @@ def train_and_record(
     config = FitConfig(epochs, p.train.batch_size, p.train.lr, seed, device,
                        p.train.precision, augment)  # fmt: skip
     monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
-    data_md5 = files.md5(_outputs.DATA.read_bytes())
+    data_md5 = files.md5_of_file(_outputs.DATA)
     card = model_card(spec, p, ds)
     saved_to = _checkpoint(stage, role, run_params, data_md5, teaching.weights, card.code_paths)
     resumed = saved_to.load()
@@ -182,7 +182,7 @@ def record_dataset(run: tracking.StageRun, p: Params, ds: Dataset) -> None:
     """The dataset as the run's input, with the sizes of its splits."""
     sizes = {"train": len(ds.train.labels), "test": len(ds.test.labels)}
     sizes |= {"val": len(ds.val.labels)} if ds.val else {}
-    data_md5 = p.data.md5 or files.md5(_outputs.DATA.read_bytes())  # an unpinned image folder
+    data_md5 = p.data.md5 or files.md5_of_file(_outputs.DATA)  # an unpinned image folder
     run.log_dataset(p.data.location, data_md5, sizes, p.data.name)
 
 
@@ -270,7 +270,7 @@ def _checkpoint(
         stage,
         json.dumps(run_params, sort_keys=True, default=str),
         data_md5,
-        files.md5(teacher_weights.read_bytes()) if teacher_weights else "",
+        files.md5_of_file(teacher_weights) if teacher_weights else "",
         provenance.content_digest(("pipeline", *map(str, code_paths))),
     )
     return checkpoint.Checkpoint(provenance.project_root() / "checkpoints", role, key)
