@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pipeline.params import DIRECTION
 
 PROMOTE = "python -m pipeline.promote"  # the command that moves the alias by hand
+CHAMPION_INT8 = "champion-int8"  # follows `champion` to the int8 ONNX form of the same weights
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,39 @@ def tradeoff(models: Mapping[str, Mapping[str, float]]) -> Figure:
     return fig
 
 
+FORMAT_MARKERS = {"PyTorch fp32": "o", "ONNX fp32": "s", "ONNX int8": "^"}
+
+
+def pareto(points: Mapping[str, Mapping[str, float]], front: Sequence[str]) -> Figure:
+    """Test accuracy against batch-1 CPU latency, one point per model and format ("kd, ONNX
+    int8"): a colour per model, a marker per format; the Pareto front (`front`, by latency) is
+    joined by a line and named."""
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    models = list(dict.fromkeys(name.split(", ")[0] for name in points))
+    colors = {m: TEACHER_COLOR if m == "teacher" else f"C{i}" for i, m in enumerate(models)}
+    for name, m in points.items():
+        model, fmt = name.split(", ", 1)
+        ax.scatter(m["latency_ms_p50"], 100 * m["test_accuracy"], s=50, color=colors[model],
+                   marker=FORMAT_MARKERS.get(fmt, "o"), zorder=3)  # fmt: skip
+        if name in front:
+            ax.annotate(name, (m["latency_ms_p50"], 100 * m["test_accuracy"]), xytext=(6, 4),
+                        textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.step([points[n]["latency_ms_p50"] for n in front],
+            [100 * points[n]["test_accuracy"] for n in front],
+            where="post", color="tab:red", alpha=0.5, label="Pareto front")  # fmt: skip
+    for model, color in colors.items():
+        ax.scatter([], [], color=color, label=model)
+    for fmt, marker in FORMAT_MARKERS.items():
+        ax.scatter([], [], color="gray", marker=marker, label=fmt)
+    ax.set_xscale("log")  # formats differ by factors, not by steps
+    ax.set_xlabel("CPU latency at batch 1, median (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax.set_title("accuracy against latency, every model in every format (front named)")
+    return fig
+
+
 def curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
     """Per-epoch curves, every model overlaid on each panel, epochs as integers.
 

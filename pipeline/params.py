@@ -233,6 +233,25 @@ class EvaluateParams:
         _check_count(self.throughput_iters, f"{where}.throughput_iters")
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportParams:
+    """What the export stage checks its ONNX files against, and how int8 is calibrated."""
+
+    calibration_images: int = 1024  # training images of the student's seed (never test images)
+    logit_tolerance: float = 1e-3  # the most |ONNX fp32 - PyTorch fp32| any logit may differ by
+    int8_max_accuracy_drop: float | None = 0.02  # the most test accuracy int8 may lose (null: any)
+
+    def _check(self, where: str) -> None:
+        _check_count(self.calibration_images, f"{where}.calibration_images")
+        if not 0 < self.logit_tolerance <= 1:
+            raise ParamsError(f"{where}.logit_tolerance = {self.logit_tolerance}: must be above 0 "
+                              "and at most 1 (a logit's absolute difference)")  # fmt: skip
+        drop = self.int8_max_accuracy_drop
+        if drop is not None and not 0 <= drop <= 1:
+            raise ParamsError(f"{where}.int8_max_accuracy_drop = {drop}: must be from 0 to 1 "
+                              "(a fraction of the test set), or null for no limit")  # fmt: skip
+
+
 # Whether more is better, for each metric a champion can be chosen by.
 DIRECTION = {
     "test_accuracy": "max",
@@ -292,6 +311,7 @@ class Params:
     teacher: TeacherParams
     student: RoleParams
     evaluate: EvaluateParams
+    export: ExportParams
     registry: RegistryParams
     variants: dict[str, Variant]
 
@@ -315,6 +335,7 @@ SECTIONS = {
     "teacher": TeacherParams,
     "student": RoleParams,
     "evaluate": EvaluateParams,
+    "export": ExportParams,
     "registry": RegistryParams,
 }
 

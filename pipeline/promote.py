@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import params, tracking
+from pipeline import champion, params, tracking
+from pipeline.errors import UserError
 from pipeline.stages import _guard
 
 CHAMPION = "champion"
+
+
+class PromoteError(UserError):
+    """The version cannot be the champion."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +36,15 @@ def promote(version: str, name: str | None) -> None:
     tracking.check_store(tracking.tracking_uri(), p.mlflow.experiment)  # and opens it
     name = name or p.registry.student
     chosen = tracking.get_version(name, version)
+    fmt = chosen.tags.get(tracking.FORMAT_TAG, "pytorch")
+    if fmt != "pytorch":  # the champion is served and predicts from image files: the pyfunc
+        raise PromoteError(f"{name} v{chosen.version} is the {fmt} ONNX form of a model; promote "
+                           "its PyTorch version (tag format=pytorch), and champion-int8 follows")  # fmt: skip
     before = tracking.by_alias(name, CHAMPION)
     tracking.set_alias(name, CHAMPION, chosen.version)
     was = "" if before is None else f", from v{before.version} ({_figures(before)})"
     print(f"champion is {name} v{chosen.version} ({_figures(chosen)}), by hand{was}")
+    print(tracking.follow_alias(name, CHAMPION, "int8", champion.CHAMPION_INT8))
 
 
 def _figures(version: tracking.Version) -> str:

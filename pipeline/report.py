@@ -137,6 +137,66 @@ def statistics_table(table: Mapping[str, Any], baseline: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+FORMATS = {"pytorch": "PyTorch fp32", "onnx": "ONNX fp32", "int8": "ONNX int8"}
+
+
+def compression_table(export_quality: Tree, export_speed: Tree) -> str:
+    """A markdown table of every model (the teacher, each variant; means over seeds) in every
+    format it was exported to: what each format keeps of the model and what it costs to run."""
+    quality, timing = rows(export_quality), rows(export_speed)
+    lines = [
+        "| model | format | test accuracy | agrees with teacher | agrees with fp32 | size "
+        "| FLOPs / image | latency p50 / p95 | throughput |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, per_seed in quality.items():
+        for fmt, label in FORMATS.items():
+            q = {s: m[fmt] for s, m in per_seed.items() if fmt in m}
+            if not q:
+                continue
+            t = {s: m[fmt] for s, m in timing[name].items()}
+            agreement = mean_of(q, "teacher_agreement")
+            lines.append(
+                f"| {name} | {label} | {_pct(mean_of(q, 'test_accuracy'))} "
+                f"| {'' if agreement is None else _pct(agreement)} "
+                f"| {_pct(mean_of(q, 'fp32_agreement'))} | {mean_of(q, 'size_bytes') / 1e6:.2f} MB "
+                f"| {mean_of(q, 'flops') / 1e6:.1f} M "
+                f"| {mean_of(t, 'latency_ms_p50'):.2f} / {mean_of(t, 'latency_ms_p95'):.2f} ms "
+                f"| {mean_of(t, 'throughput'):,.0f}/s |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def format_points(export_quality: Tree, export_speed: Tree) -> dict[str, dict[str, float]]:
+    """Per model and format ("kd, ONNX int8"): mean test accuracy and median latency over seeds."""
+    quality, timing = rows(export_quality), rows(export_speed)
+    points = {}
+    for name, per_seed in quality.items():
+        for fmt, label in FORMATS.items():
+            if all(fmt in m for m in per_seed.values()):
+                points[f"{name}, {label}"] = {
+                    "test_accuracy": mean_of({s: m[fmt] for s, m in per_seed.items()}, "test_accuracy"),
+                    "latency_ms_p50": mean_of({s: m[fmt] for s, m in timing[name].items()},
+                                              "latency_ms_p50"),
+                }  # fmt: skip
+    return points
+
+
+def pareto_front(points: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The points that no other point beats on both accuracy (higher) and latency (lower), by
+    latency: the best accuracy there is at each latency."""
+
+    def dominated(a: Mapping[str, float]) -> bool:
+        return any(
+            b["test_accuracy"] >= a["test_accuracy"] and b["latency_ms_p50"] <= a["latency_ms_p50"]
+            and (b["test_accuracy"], b["latency_ms_p50"]) != (a["test_accuracy"], a["latency_ms_p50"])
+            for b in points.values()
+        )  # fmt: skip
+
+    front = [name for name, a in points.items() if not dominated(a)]
+    return sorted(front, key=lambda name: points[name]["latency_ms_p50"])
+
+
 # The per-epoch quantities that DVC's plots overlay across models (see curve_tables).
 CURVES = ("train_ce", "train_accuracy", "monitored_accuracy")
 

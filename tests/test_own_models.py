@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 CLASSES = ["circle", "square", "stripes"]  # folder names, sorted as the classes are
 STAGES = ["download", "train_teacher@42", "teacher_outputs@42", "distill@ce-42", "distill@kd-42",
-          "distill@cosine-42", "distill@regressor-42", "evaluate", "report"]  # fmt: skip
+          "distill@cosine-42", "distill@regressor-42", "evaluate", "export", "report"]  # fmt: skip
 STUDENT_CODE = '''
 """A user's student, in the user's own package: a class and a factory."""
 from torch import nn

@@ -5,6 +5,7 @@ run in order against that one copy (each builds on the state the previous one le
 """
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import mlflow.artifacts
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -27,12 +30,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from project import Project, copy_project
 
-from pipeline import data, files, images, models
+from pipeline import data, export, files, images, models
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["download", "train_teacher@42", "teacher_outputs@42", "distill@ce-42", "distill@kd-42",
-          "distill@cosine-42", "distill@regressor-42", "evaluate", "report"]  # fmt: skip
+          "distill@cosine-42", "distill@regressor-42", "evaluate", "export", "report"]  # fmt: skip
 STUDENTS = ["ce", "kd", "cosine", "regressor"]
 MODELS = ["teacher", *STUDENTS]
 TEACHER_WEIGHTS = "models/teachers/teacher-42.safetensors"
@@ -55,6 +58,7 @@ def metrics_of(tree: dict, name: str, seed: int = 42) -> dict:
 # Outputs that hold measured latency/throughput, so they differ between runs of the same models.
 # (DVC's metrics, metrics/*.json, hold the median latency.)
 TIMED = {"reports/speed.json", "reports/comparison.md", "reports/tradeoff.png", "metrics",
+         "reports/export_speed.json", "reports/pareto.png",
          *(f"metrics/{m}-42.json" for m in MODELS)}  # fmt: skip
 TEST_IMAGES = 40  # make_archive(per_batch=40): one test batch
 
@@ -115,7 +119,7 @@ def test_one_finished_run_per_stage_grouped_under_one_parent(project, first_repr
     assert not [m for m in parent.data.metrics if m.startswith(("students.", "teacher."))]
     assert parent.data.tags["champion"].startswith("champion is cifar10-student v1")
     artifacts = [a.path for a in project.client.list_artifacts(parent.info.run_id)]
-    assert artifacts == ["comparison.md", "curves.png", "tradeoff.png"]
+    assert artifacts == ["comparison.md", "curves.png", "pareto.png", "tradeoff.png"]
     assert (project.path / "mlartifacts").is_dir() and not (project.path / "mlruns").exists()
 
 
@@ -251,15 +255,20 @@ def test_evaluation_writes_every_metric_for_every_model(project, first_repro):
 
 def test_report_writes_what_it_declares(project, first_repro):
     stages = yaml.safe_load((project.path / "dvc.yaml").read_text())["stages"]
-    for stage in ("evaluate", "report"):
+    for stage in ("evaluate", "export", "report"):
         for out in declared_outputs(stages[stage]):
             path = project.path / out
             assert path.is_file() or any(path.iterdir()), out
-    for png in ("reports/tradeoff.png", "reports/curves.png"):
+    for png in ("reports/tradeoff.png", "reports/curves.png", "reports/pareto.png"):
         assert (project.path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     table = (project.path / "reports/comparison.md").read_text()
     for name in MODELS:
         assert re.search(rf"^\| (\*\*)?{name}\b", table, re.MULTILINE), name
+    compression = table.split("## Compression")[1]
+    for name in MODELS:
+        formats = ["PyTorch fp32", "ONNX fp32"] + (["ONNX int8"] if name != "teacher" else [])
+        found = re.findall(rf"^\| {name} \| ([^|]+) \|", compression, re.MULTILINE)
+        assert found == formats, name
     # `dvc plots show` renders the report's images, the confusion matrices and the curves
     rendered = json.loads(project.run("dvc", "plots", "show", "--json"))
     assert "errors" not in rendered, rendered.get("errors")
@@ -293,8 +302,10 @@ def test_champion_and_teacher_are_registered_with_their_lineage(project, first_r
     assert "test_size all" in champion.tags["evaluated_on"]
     # dvc.lock and MLflow name the same file: the registered version is that run's model
     assert champion.tags["model.md5"] == lock_md5(f"distill@{best}-42", weights)
-    (teacher,) = project.client.search_model_versions("name = 'cifar10-teacher'")
-    assert teacher.tags["model.md5"] == lock_md5("train_teacher@42", TEACHER_WEIGHTS)
+    teachers = project.client.search_model_versions("name = 'cifar10-teacher'")
+    assert sorted(v.tags["format"] for v in teachers) == ["onnx", "pytorch"]
+    for teacher in teachers:  # the PyTorch model and its ONNX export: the same weights
+        assert teacher.tags["model.md5"] == lock_md5("train_teacher@42", TEACHER_WEIGHTS)
     mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
     loaded = mlflow.pyfunc.load_model("models:/cifar10-student@champion")
     images = data.load(project.path / "data/cifar10.safetensors").test.images[:5]
@@ -306,7 +317,7 @@ def test_champion_and_teacher_are_registered_with_their_lineage(project, first_r
         )
     # the report again (same models): no new version, and it says the champion stays
     out = project.run(sys.executable, "-m", "pipeline.stages.report")
-    assert len(project.client.search_model_versions("name = 'cifar10-student'")) == 1
+    assert len(project.client.search_model_versions("name = 'cifar10-student'")) == 3  # 3 formats
     assert "champion stays cifar10-student v1" in out and "this report's best student too" in out
 
 
@@ -338,27 +349,40 @@ def test_the_champion_moves_only_up_on_the_same_data(project, first_repro):
     def alias(name: str) -> str:
         return str(project.client.get_model_version_by_alias("cifar10-student", name).version)
 
+    def int8_of(version: str) -> str:
+        md5 = project.client.get_model_version("cifar10-student", version).tags["model.md5"]
+        (found,) = [v for v in project.client.search_model_versions("name = 'cifar10-student'")
+                    if v.tags["model.md5"] == md5 and v.tags["format"] == "int8"]  # fmt: skip
+        return str(found.version)
+
     try:
         worse = report_with(top / 2)
-        assert alias("champion") == first and alias("challenger") == "2"
+        challenger = alias("challenger")  # after the first report's three formats
+        assert alias("champion") == first and challenger != first
         assert (f"champion stays cifar10-student v{first} (test_accuracy "
-                f"{100 * top:.2f} %); challenger v2 has {100 * top / 2:.2f} %") in worse  # fmt: skip
+                f"{100 * top:.2f} %); challenger v{challenger} has {100 * top / 2:.2f} %") in worse  # fmt: skip
+        assert alias("champion-int8") == int8_of(first)  # it follows the champion, not the report
         elsewhere = report_with(1.0, data__test_size=20)  # measured on other data: no comparison
         assert alias("champion") == first
         assert (
             "it was measured on other data" in elsewhere
-            and "python -m pipeline.promote 2" in elsewhere
+            and f"python -m pipeline.promote {challenger}" in elsewhere
         )
         better = report_with((1 + top) / 2)
-        assert alias("champion") == alias("challenger") == "2"
+        assert alias("champion") == alias("challenger") == challenger
         assert (
-            f"champion moves to cifar10-student v2 (test_accuracy {100 * (1 + top) / 2:.2f} %)"
-            in better
+            f"champion moves to cifar10-student v{challenger} (test_accuracy "
+            f"{100 * (1 + top) / 2:.2f} %)" in better
         )
+        assert alias("champion-int8") == int8_of(challenger) != int8_of(first)
         # and by hand, back to the first
         promoted = project.run(sys.executable, "-m", "pipeline.promote", first)
-        assert alias("champion") == first
+        assert alias("champion") == first and alias("champion-int8") == int8_of(first)
         assert f"champion is cifar10-student v{first}" in promoted and "by hand" in promoted
+        # an ONNX form cannot be the champion: it is served from image files, as the PyTorch one
+        code, refused = project.call(sys.executable, "-m", "pipeline.promote", int8_of(first))
+        assert code == 1 and "is the int8 ONNX form of a model" in refused, refused
+        assert alias("champion") == first
     finally:
         for path, blob in saved.items():
             path.write_bytes(blob)
@@ -403,14 +427,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_with_class_names(project, first_repro):
-    ds = data.load(project.path / "data/cifar10.safetensors")
-    role = project.client.get_model_version_by_alias("cifar10-student", "champion").tags["role"]
-    expected = json.loads((project.path / f"plots/confusion/{role}.json").read_text())[:2]
+@contextlib.contextmanager
+def serving(project: Project, uri: str) -> Iterator[str]:
+    """`mlflow models serve -m uri` on a free loopback port, as the README runs it: its URL once
+    it answers /ping."""
     port = free_port()
     env = {**project.env, "MLFLOW_TRACKING_URI": f"sqlite:///{project.path / 'mlflow.db'}"}
-    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/cifar10-student@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)],
                               cwd=project.path, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -423,18 +447,104 @@ def test_mlflow_models_serve_answers_with_class_names(project, first_repro):
                 break
             except OSError:
                 time.sleep(1)
-        rows = [[base64.b64encode(images.encode_png(i)).decode()] for i in ds.test.images[:2]]
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
-        request = urllib.request.Request(f"{url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            predictions = json.loads(reply.read())["predictions"]
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def post_json(url: str, body: dict):
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return json.loads(reply.read())["predictions"]
+
+
+def test_mlflow_models_serve_answers_with_class_names(project, first_repro):
+    ds = data.load(project.path / "data/cifar10.safetensors")
+    role = project.client.get_model_version_by_alias("cifar10-student", "champion").tags["role"]
+    expected = json.loads((project.path / f"plots/confusion/{role}.json").read_text())[:2]
+    rows = [[base64.b64encode(images.encode_png(i)).decode()] for i in ds.test.images[:2]]
+    with serving(project, "models:/cifar10-student@champion") as url:
+        predictions = post_json(url, {"dataframe_split": {"columns": ["image"], "data": rows}})
     assert [p["class"] for p in predictions] == [e["predicted"] for e in expected]
     assert list(predictions[0]["probabilities"]) == list(ds.classes)
     assert len(predictions[0]["logits"]) == len(ds.classes)
+
+
+def test_the_export_logs_every_onnx_model_and_registers_the_champions_int8(project, first_repro):
+    run = max(project.runs(**{"dvc.stage": "export"}), key=lambda r: r.info.start_time)
+    logged = project.client.search_logged_models([run.info.experiment_id])
+    onnx_models = {m.name: m for m in logged if m.source_run_id == run.info.run_id}
+    expected = {f"{m}-42-{f}" for m in STUDENTS for f in ("onnx", "int8")} | {"teacher-42-onnx"}
+    assert set(onnx_models) == expected
+    lock = yaml.safe_load((project.path / "dvc.lock").read_text())["stages"]
+    for name, m in onnx_models.items():
+        assert m.tags["format"] == name.rsplit("-", 1)[1], name
+        role = m.tags["role"]
+        stage = "train_teacher@42" if role == "teacher-42" else f"distill@{role}"
+        assert m.tags["model.md5"] == next(o["md5"] for o in lock[stage]["outs"]
+                                           if o["path"].endswith(".safetensors")), name  # fmt: skip
+    champion = project.client.get_model_version_by_alias("cifar10-student", "champion")
+    int8 = project.client.get_model_version_by_alias("cifar10-student", "champion-int8")
+    assert int8.tags["format"] == "int8" and int8.tags["model.md5"] == champion.tags["model.md5"]
+    exported = json.loads((project.path / "reports/export.json").read_text())
+    role = champion.tags["role"]
+    figures = exported["students"][role.rsplit("-", 1)[0]]["42"]
+    assert float(int8.tags["test_accuracy"]) == figures["int8"]["test_accuracy"]
+    # what the registry serves is the DVC output, byte for byte, and it loads with its signature
+    mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/cifar10-student@champion-int8")
+    (spec,) = served.metadata.get_input_schema().inputs
+    assert spec.type == np.dtype("uint8") and spec.shape == (-1, 3, 32, 32)
+    assert served.metadata.get_output_schema().inputs[0].shape == (-1, 10)
+    model_dir = Path(mlflow.artifacts.download_artifacts(int8.source))
+    assert (model_dir / "model.onnx").read_bytes() == (
+        project.path / f"exports/{role}.int8.onnx"
+    ).read_bytes()
+    # agreement with fp32 is measured on the whole test set, and parity held for every model
+    for name in MODELS:
+        onnx_figures = metrics_of(exported, name)["onnx"]
+        assert onnx_figures["fp32_agreement"] == 1.0, name
+        assert 0 < onnx_figures["max_abs_logit_diff"] <= 1e-3, name
+
+
+def test_mlflow_models_serve_answers_with_the_champions_int8_logits(project, first_repro):
+    ds = data.load(project.path / "data/cifar10.safetensors")
+    role = project.client.get_model_version_by_alias("cifar10-student", "champion").tags["role"]
+    session = export.OnnxClassifier((project.path / f"exports/{role}.int8.onnx").read_bytes())
+    pixels = ds.test.images[:TEST_IMAGES]
+    with serving(project, "models:/cifar10-student@champion-int8") as url:
+        predictions = post_json(url, {"inputs": pixels.tolist()})
+    served = torch.tensor(predictions["logits"])  # the ONNX graph's output, by its name
+    assert served.shape == (TEST_IMAGES, 10)
+    torch.testing.assert_close(served, session(pixels), rtol=0, atol=1e-5)
+    # ...and its classes are the ones the export stage measured the int8 accuracy from
+    accuracy = (served.argmax(1) == ds.test.labels[:TEST_IMAGES]).float().mean().item()
+    exported = json.loads((project.path / "reports/export.json").read_text())
+    assert accuracy == exported["students"][role.rsplit("-", 1)[0]]["42"]["int8"]["test_accuracy"]
+
+
+def test_a_wrong_export_fails_the_stage_with_one_line_and_writes_nothing(project, first_repro):
+    exports = {f: f.read_bytes() for f in (project.path / "exports").iterdir()}
+    report = (project.path / "reports/export.json").read_bytes()
+    before = {r.info.run_id for r in project.runs(**{"dvc.stage": "export"})}
+    # No real export differs from PyTorch by more than float rounding (about 1e-5 here), so a
+    # tolerance far below it stands for a wrong one; a perturbed model is in tests/test_export.py.
+    project.set_params(export__logit_tolerance=1e-9)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.stages.export"], cwd=project.path,
+                              env=project.env, capture_output=True, text=True)  # fmt: skip
+    finally:
+        project.run("git", "checkout", "params.yaml")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert re.match(r"error: export: the ONNX export of teacher-42 differs from the PyTorch model: "
+                    r"max \|logit difference\| [0-9.e-]+ \(tolerance 1e-09\)", lines[0]), lines[0]  # fmt: skip
+    assert {f: f.read_bytes() for f in (project.path / "exports").iterdir()} == exports
+    assert (project.path / "reports/export.json").read_bytes() == report
+    assert not [r for r in project.runs(**{"dvc.stage": "export"}) if r.info.run_id not in before]
+    assert project.repro() == []  # the workspace is as DVC left it
 
 
 def test_outputs_hold_no_machine_paths_or_run_ids(project, first_repro):
@@ -499,13 +609,14 @@ def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_r
     project.set_params(variants__kd__temperature=4.0)
     # teacher_outputs reads `variants` (the layers they tap) so it reruns, to the same bytes: no
     # other student reruns.
-    assert project.repro() == ["teacher_outputs@42", "distill@kd-42", "evaluate", "report"]
+    assert project.repro() == ["teacher_outputs@42", "distill@kd-42", "evaluate", "export",
+                               "report"]  # fmt: skip
     assert cache.read_bytes() == cached
     new = [r for r in project.runs() if r.info.run_id not in before]
     parent = invocations(project)[0]
     assert re.fullmatch(r"[0-9a-f]{7}\+ .+", parent.info.run_name)  # +: params differ from HEAD
     assert sorted(r.info.run_name for r in new if r.info.run_id != parent.info.run_id) == sorted([
-        "distill@kd-42", "evaluate", "report", "teacher_outputs@42",
+        "distill@kd-42", "evaluate", "export", "report", "teacher_outputs@42",
         # every model of the report is in the invocation: the ones DVC did not retrain link to the
         # run that trained them, with its params and these evaluated figures
         "train_teacher@42", "distill@ce-42", "distill@cosine-42", "distill@regressor-42",
@@ -522,7 +633,8 @@ def test_changing_kd_temperature_reruns_only_kd_and_its_readers(project, first_r
     assert "metrics/kd-42.json" in diff
     project.run("git", "checkout", "params.yaml")
     # back to the committed params: those stages rerun or come back from DVC's run cache
-    assert set(project.repro()) <= {"teacher_outputs@42", "distill@kd-42", "evaluate", "report"}
+    assert set(project.repro()) <= {"teacher_outputs@42", "distill@kd-42", "evaluate", "export",
+                                    "report"}  # fmt: skip
     # ...and the outputs are byte for byte the committed ones: the pipeline is deterministic,
     # except for what holds measured latency and throughput
     changed = {line[3:] for line in project.run("git", "status", "--porcelain").splitlines()}
@@ -668,6 +780,7 @@ def test_an_augmenting_variant_is_one_params_entry_and_runs_its_teacher_live(pro
         "teacher_outputs@42",  # reads `variants`; it caches no more for one that runs live
         "distill@kd_aug-42",
         "evaluate",
+        "export",
         "report",
     ]
     assert "augmentation is on, so the teacher runs live" in out

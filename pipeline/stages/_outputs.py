@@ -19,6 +19,11 @@ STATISTICS = Path("reports/statistics.json")
 REPORT = Path("reports/comparison.md")
 TRADEOFF_PLOT = Path("reports/tradeoff.png")
 CURVES_PLOT = Path("reports/curves.png")
+PARETO_PLOT = Path("reports/pareto.png")  # accuracy against latency, every model in every format
+# The export stage's: the ONNX files, their figures (reproducible) and their timing (measured).
+EXPORTS_DIR = Path("exports")
+EXPORT = Path("reports/export.json")
+EXPORT_SPEED = Path("reports/export_speed.json")
 CURVES_DIR = Path(
     "plots/curves"
 )  # <quantity>.json: every model's per-epoch values, for DVC's plots
@@ -36,6 +41,11 @@ def model(role: str) -> Path:
     """models/teachers/teacher-<seed>.safetensors or models/students/<variant>-<seed>.safetensors."""
     folder = TEACHERS_DIR if role.startswith("teacher-") else Path("models/students")
     return folder / f"{role}.safetensors"
+
+
+def onnx_model(role: str, fmt: str) -> Path:
+    """exports/<role>.onnx (fp32) or exports/<role>.int8.onnx."""
+    return EXPORTS_DIR / (f"{role}.onnx" if fmt == "onnx" else f"{role}.{fmt}.onnx")
 
 
 LAYER_PREFIX = "layer:"  # the key of a tapped layer's outputs in a teacher-outputs file

@@ -22,21 +22,12 @@ from typing import NamedTuple
 import torch
 
 from pipeline import data, figures, files, models, params, tracking
-from pipeline.evaluate import accuracy, headline, latency_ms, predict, quality, throughput
-from pipeline.stages import _inputs, _outputs
+from pipeline.evaluate import accuracy, headline, predict, quality
+from pipeline.stages import _inputs, _models, _outputs
 from pipeline.stages._cli import no_arguments, run
+from pipeline.stages._models import ModelRef, every_model, place, speed
 from pipeline.stages._training import Dataset, load_dataset
 from pipeline.train import resolve_device
-
-LATENCY_WARMUP, THROUGHPUT_WARMUP, THROUGHPUT_BATCH = 20, 2, 256
-
-
-class ModelRef(NamedTuple):
-    role: str
-    where: tuple[str, ...]  # where its metrics go: ("teacher", seed) or ("students", variant, seed)
-    spec: params.RoleParams  # the model it is: p.teacher or p.student
-    seed: int
-    teacher_role: str | None  # whose predictions its agreement is measured against
 
 
 class Result(NamedTuple):
@@ -51,7 +42,7 @@ class Result(NamedTuple):
 
 def main(p: params.Params, args: list[str]) -> None:
     no_arguments(args)
-    refs = models_to_evaluate(p)
+    refs = every_model(p)
     roles = [m.role for m in refs]
     outputs = files.OutputSet([_outputs.EVALUATION, _outputs.SPEED,
                                *map(_outputs.headline, roles), *map(_outputs.confusion, roles)])  # fmt: skip
@@ -81,8 +72,8 @@ def _write(staged: files.Staging, refs: list[ModelRef], results: dict[str, Resul
     speed: dict = {"teacher": {}, "students": {}}
     for m in refs:
         result = results[m.role]
-        _place(evaluation, m.where, result.quality)
-        _place(speed, m.where, result.timing)
+        place(evaluation, m.where, result.quality)
+        place(speed, m.where, result.timing)
         staged.write_json(_outputs.headline(m.role), headline(result.quality, result.timing))
         rows = [{"actual": classes[t], "predicted": classes[q]}
                 for t, q in zip(result.labels.tolist(), result.logits.argmax(dim=1).tolist(),
@@ -108,20 +99,6 @@ def _record(r: tracking.StageRun, stage: str, weights_md5: str, result: Result,
     figures.close(fig)
 
 
-def models_to_evaluate(p: params.Params) -> list[ModelRef]:
-    """Every teacher, then every student; a student's teacher comes before it."""
-    teachers = [
-        ModelRef(_outputs.teacher_role(s), ("teacher", str(s)), p.teacher, s, None)
-        for s in p.teacher.seeds
-    ]
-    students = [
-        ModelRef(_outputs.student_role(v, s), ("students", v, str(s)), p.student, s,
-                 _outputs.teacher_role(p.teacher_seed(s)))
-        for v in p.variants for s in p.seeds
-    ]  # fmt: skip
-    return teachers + students
-
-
 def _evaluate(
     p: params.Params,
     m: ModelRef,
@@ -140,48 +117,14 @@ def _evaluate(
         metrics["val_accuracy"] = accuracy(val_logits, ds.val.labels.to(device))
     metrics["parameters"] = models.count_parameters(net)  # the deployable net: no training head
     metrics["weights_bytes"] = _outputs.model(m.role).stat().st_size
-    timing = _speed(models.Classifier(net.cpu(), norm.cpu()), ds.test.images, p.evaluate)
+    timing = speed(models.Classifier(net.cpu(), norm.cpu()), ds.test.images, p.evaluate)
     return Result(metrics, timing, logits, confusion, ds.test.labels)
 
 
 def _used(p: params.Params) -> dict:
     """The params this stage reads, as its run records them."""
-    return {
-        "data": {
-            "source": p.data.source,
-            "md5": p.data.md5,
-            "image_size": p.data.image_size,
-            "test_size": p.data.test_size,
-            "val_size": p.data.val_size,
-        },
-        "normalize": {"mean": p.normalize.mean, "std": p.normalize.std},
-        "train": {"device": p.train.device},
-        "evaluate": vars(p.evaluate),
-        "seeds": list(p.seeds),
-        "teacher": {
-            "seeds": list(p.teacher.seeds),
-            "model": p.teacher.model,
-            "model_args": p.teacher.args,
-        },
-        "student": {"model": p.student.model, "model_args": p.student.args},
-        "variants": list(p.variants),
-    }
-
-
-def _speed(deployable: torch.nn.Module, images: torch.Tensor, e: params.EvaluateParams) -> dict:
-    batch = images[:THROUGHPUT_BATCH].cpu()
-    return {
-        **latency_ms(deployable, batch[:1], LATENCY_WARMUP, e.latency_iters),
-        "throughput": throughput(deployable, batch, THROUGHPUT_WARMUP, e.throughput_iters),
-    }
-
-
-def _place(tree: dict, where: tuple[str, ...], metrics: dict) -> None:
-    """tree["teacher"][seed] or tree["students"][variant][seed]: the DVC/MLflow metric names."""
-    node = tree
-    for key in where[:-1]:
-        node = node.setdefault(key, {})
-    node[where[-1]] = metrics
+    used = _models.measured_params(p)
+    return used | {"train": {"device": p.train.device}}
 
 
 if __name__ == "__main__":

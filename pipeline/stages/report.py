@@ -1,12 +1,16 @@
 """Stage `report`: what distillation bought, from the evaluation metrics and the training curves.
 
-Writes reports/comparison.md (the comparison table, means over seeds, and the statistics table:
-each variant against the CE-only student, paired by seed, with a verdict), reports/statistics.json,
-reports/tradeoff.png (accuracy against parameters and latency) and reports/curves.png (per-epoch
-curves of every model), and logs them, with each variant's mean and paired difference, on the run
+Writes reports/comparison.md (the comparison table, means over seeds, the statistics table: each
+variant against the CE-only student, paired by seed, with a verdict, and the compression table:
+every model in every format the export stage made), reports/statistics.json, reports/tradeoff.png
+(accuracy against parameters and latency), reports/pareto.png (accuracy against latency, every
+model in every format, the Pareto front marked) and reports/curves.png (per-epoch curves of every
+model), and logs them, with each variant's mean and paired difference, on the run
 that groups the pipeline invocation. In the MLflow model registry: registers the best student (by
 registry.select_by, or by validation accuracy when there is a validation split) as `challenger`,
-moves `champion` to it only when it beats the champion on the same data, and registers its teacher.
+moves `champion` to it only when it beats the champion on the same data, and registers its teacher;
+registers the ONNX forms of both (the student's int8 too) and points `champion-int8` at the int8
+form of the champion.
 Reads the variants, seeds, teacher.seeds, data.{test,val}_size and registry.
 """
 
@@ -30,11 +34,13 @@ def main(p: params.Params, args: list[str]) -> None:
     no_arguments(args)
     curve_files = {name: _outputs.CURVES_DIR / f"{name}.json" for name in report.CURVES}
     outputs = files.OutputSet([_outputs.REPORT, _outputs.STATISTICS, _outputs.TRADEOFF_PLOT,
-                               _outputs.CURVES_PLOT, *curve_files.values()])  # fmt: skip
+                               _outputs.CURVES_PLOT, _outputs.PARETO_PLOT,
+                               *curve_files.values()])  # fmt: skip
     outputs.check()
     # Validation only, when there is a validation split: the test set must not pick the model.
     select_by = "val_accuracy" if p.data.val_size else p.registry.select_by
     evaluation, speed = _evaluation(p, select_by)
+    exported = _exported(p)
     # The plain student, that every variant is compared with: the first that learns without a
     # teacher (the registry says which methods those are).
     baseline = next(
@@ -44,12 +50,15 @@ def main(p: params.Params, args: list[str]) -> None:
     train = _train_metrics(p)
     table_stats = report.statistics(evaluation, baseline, report.last_epoch_tree(train))
     text = _comparison_text(p, (evaluation, speed), baseline, best, table_stats, select_by)
+    text += _compression_text(exported)
+    points = report.format_points(*exported)
     curves = _mean_curves(p)
     rendered = {
         _outputs.REPORT: text.encode(),
         _outputs.STATISTICS: files.json_bytes(table_stats),
         _outputs.TRADEOFF_PLOT: _png(figures.tradeoff(_points(evaluation, speed))),
         _outputs.CURVES_PLOT: _png(figures.curves(curves)),
+        _outputs.PARETO_PLOT: _png(figures.pareto(points, report.pareto_front(points))),
     }
     tables = report.curve_tables({name: rows for name, rows in curves.items() if rows})
     student, teacher = _to_register(p, evaluation, best, select_by)
@@ -66,6 +75,12 @@ def main(p: params.Params, args: list[str]) -> None:
         r.set_tags(verdicts, to_parent=True)
         register(r, teacher)
         r.set_tags({"champion": promote_if_better(r, student, select_by)}, to_parent=True)
+        _register_exports(r, exported[0], student, teacher)
+        follows = tracking.follow_alias(
+            p.registry.student, CHAMPION, "int8", champion.CHAMPION_INT8
+        )
+        r.set_tags({"champion_int8": follows}, to_parent=True)
+        print(follows)
         with outputs.commit() as staged:  # last, and together: a failure leaves none of them
             for path, blob in rendered.items():
                 staged.write_bytes(path, blob)
@@ -94,6 +109,17 @@ def _comparison_text(
     )
 
 
+def _compression_text(exported: tuple[dict, dict]) -> str:
+    return (
+        "\n## Compression: every model in every format\n\n"
+        f"{report.compression_table(*exported)}\n"
+        "Measured by the export stage, all formats of a model in one process (so PyTorch's latency "
+        "may differ a little from the table above); agreement with fp32 is with the PyTorch "
+        "model's predictions; FLOPs by torch's counter (a multiply-add is 2). "
+        "reports/pareto.png plots accuracy against latency with the Pareto front.\n"
+    )
+
+
 # What the report reads of each model in reports/evaluation.json and reports/speed.json.
 QUALITY = ("test_accuracy", "ece", "parameters", "weights_bytes")
 AGAINST_TEACHER = ("teacher_agreement", "teacher_kl")  # students only
@@ -112,6 +138,24 @@ def _evaluation(p: params.Params, select_by: str) -> tuple[dict, dict]:
     return (
         _inputs.json_file(_outputs.EVALUATION, "evaluate", tuple(quality)),
         _inputs.json_file(_outputs.SPEED, "evaluate", tuple(timing)),
+    )
+
+
+# ... and in reports/export.json and reports/export_speed.json, of each format.
+EXPORTED = ("test_accuracy", "fp32_agreement", "size_bytes", "flops")
+
+
+def _exported(p: params.Params) -> tuple[dict, dict]:
+    """reports/export.json and reports/export_speed.json, checked to hold every figure the
+    compression table reads, for every model and format params lists."""
+    teachers = [(("teacher", str(s)), ("pytorch", "onnx")) for s in p.teacher.seeds]
+    students = [(("students", v, str(s)), tuple(report.FORMATS)) for v in p.variants
+                for s in p.seeds]  # fmt: skip
+    quality = [(*w, f, k) for w, formats in teachers + students for f in formats for k in EXPORTED]
+    timing = [(*w, f, k) for w, formats in teachers + students for f in formats for k in SPEED]
+    return (
+        _inputs.json_file(_outputs.EXPORT, "export", tuple(quality)),
+        _inputs.json_file(_outputs.EXPORT_SPEED, "export", tuple(timing)),
     )
 
 
@@ -148,6 +192,7 @@ class ToRegister(NamedTuple):
     weights_md5: str  # what finds, in MLflow, the run that logged the model
     name: str  # the registered model
     tags: dict[str, str]
+    where: tuple[str, ...]  # its figures in the report's trees: ("students", variant, seed), ...
 
 
 def register(r: tracking.StageRun, model: ToRegister) -> tracking.Version | None:
@@ -182,6 +227,30 @@ def promote_if_better(r: tracking.StageRun, student: ToRegister, select_by: str)
     return message
 
 
+def _register_exports(
+    r: tracking.StageRun, export_quality: dict, student: ToRegister, teacher: ToRegister
+) -> None:
+    """The ONNX forms of the best student (fp32, int8) and of its teacher, as versions of their
+    registered models, tagged with their format and that format's test accuracy."""
+    forms = [(student, "onnx"), (student, "int8"), (teacher, "onnx")]
+    for model, fmt in forms:
+        accuracy = _node(export_quality, model.where)[fmt]["test_accuracy"]
+        tags = {"role": model.role, "test_accuracy": repr(accuracy)}
+        version = tracking.register(r.experiment_id, model.weights_md5, model.name, tags, fmt)
+        if version is None:
+            print(f"warning: no MLflow run logged the {fmt} export of {model.role}; `dvc repro "
+                  "-f export` to log it again", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"registered {model.role} ({fmt}) as {model.name} version {version.version}")
+
+
+def _node(tree: dict, where: tuple[str, ...]) -> dict:
+    """One model's figures in a report tree: tree["teacher"][seed], tree["students"][v][seed]."""
+    for key in where:
+        tree = tree[key]
+    return tree
+
+
 def _to_register(
     p: params.Params, evaluation: dict, best: tuple[str, str], select_by: str
 ) -> tuple[ToRegister, ToRegister]:
@@ -193,15 +262,18 @@ def _to_register(
     teacher_role = _outputs.teacher_role(teacher_seed)
     measured_on = champion.evaluation_data(_inputs.md5(_outputs.DATA, "download"),
                                            p.data.test_size, p.data.val_size)  # fmt: skip
-    figures_of = {student_role: evaluation["students"][variant][seed],
-                  teacher_role: evaluation["teacher"][str(teacher_seed)]}  # fmt: skip
+    where = {
+        student_role: ("students", variant, seed),
+        teacher_role: ("teacher", str(teacher_seed)),
+    }
     made = {}
     for role, name in ((student_role, p.registry.student), (teacher_role, p.registry.teacher)):
-        value = figures_of[role].get(select_by, figures_of[role]["test_accuracy"])
-        tags = {"role": role, "test_accuracy": repr(figures_of[role]["test_accuracy"]),
+        figures_of = _node(evaluation, where[role])
+        value = figures_of.get(select_by, figures_of["test_accuracy"])
+        tags = {"role": role, "test_accuracy": repr(figures_of["test_accuracy"]),
                 **champion.version_tags(value, select_by, measured_on)}  # fmt: skip
         made[role] = ToRegister(role, _inputs.md5(_outputs.model(role), _outputs.stage_of(role)),
-                                name, tags)  # fmt: skip
+                                name, tags, where[role])  # fmt: skip
     return made[student_role], made[teacher_role]
 
 

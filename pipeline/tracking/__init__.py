@@ -7,11 +7,15 @@
   one run per model with its evaluated metrics.
 - registry: versions found by the weights' MD5, aliases (challenger, champion), loading by URI.
 - served: the logged model: image files in, class names and probabilities out.
+- exported: the ONNX models (fp32, int8) of the export stage, in MLflow's ONNX flavour.
 """
 
+from pipeline.tracking.exported import FORMAT_TAG, log_onnx
 from pipeline.tracking.registry import (
     Version,
     by_alias,
+    find_version,
+    follow_alias,
     get_version,
     load_pyfunc,
     load_registered,
@@ -29,6 +33,7 @@ from pipeline.tracking.served import INPUT_COLUMN, ImageClassifier, answers, log
 from pipeline.tracking.store import TrackingError, check_server, check_store, tracking_uri
 
 __all__ = [
+    "FORMAT_TAG",
     "INPUT_COLUMN",
     "MODEL_MD5_TAG",
     "MODEL_URI_TAG",
@@ -40,10 +45,13 @@ __all__ = [
     "by_alias",
     "check_server",
     "check_store",
+    "find_version",
+    "follow_alias",
     "get_version",
     "load_pyfunc",
     "load_registered",
     "log_model",
+    "log_onnx",
     "params_hash",
     "register",
     "set_alias",

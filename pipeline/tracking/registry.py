@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import one_line
-from pipeline.tracking import served, store
+from pipeline.tracking import exported, served, store
 from pipeline.tracking.runs import MODEL_MD5_TAG, MODEL_URI_TAG
 
 
@@ -28,30 +28,50 @@ class Version:
 
 
 def register(
-    experiment_id: str, weights_md5: str, name: str, tags: Mapping[str, str]
+    experiment_id: str,
+    weights_md5: str,
+    name: str,
+    tags: Mapping[str, str],
+    fmt: str = exported.DEFAULT_FORMAT,
 ) -> Version | None:
-    """The version of `name` that holds the model logged by the training run whose weights have
-    this MD5 (the hash dvc.lock records for the file), registered now unless a version with these
-    weights exists; `tags` set on it. None when no finished run logged these weights."""
+    """The version of `name` that holds the model of format `fmt` logged from the weights with
+    this MD5 (the hash dvc.lock records for the file): the training run's model (pytorch) or the
+    export stage's (onnx, int8). Registered now unless a version of these weights and format
+    exists; `tags` set on it. None when no finished run logged such a model."""
     client = MlflowClient()
+    uri = _logged_uri(client, experiment_id, weights_md5, fmt)
+    if uri is None:
+        return None
+    existing = find_version(name, weights_md5, fmt)
+    if existing is not None:
+        number = existing.version
+    else:
+        lineage = {MODEL_MD5_TAG: weights_md5, exported.FORMAT_TAG: fmt}
+        number = mlflow.register_model(uri, name, tags=lineage).version
+    for key, value in tags.items():
+        client.set_model_version_tag(name, number, key, value)
+    return Version(name, str(number), {**client.get_model_version(name, number).tags})
+
+
+def _logged_uri(client: MlflowClient, experiment_id: str, weights_md5: str, fmt: str) -> str | None:
+    if fmt != exported.DEFAULT_FORMAT:
+        return exported.find_logged(experiment_id, weights_md5, fmt)
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{MODEL_MD5_TAG}` = '{weights_md5}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if not runs or MODEL_URI_TAG not in runs[0].data.tags:
-        return None
-    existing = [v for v in client.search_model_versions(f"name = '{name}'")
-                if v.tags.get(MODEL_MD5_TAG) == weights_md5]  # fmt: skip
-    if existing:
-        number = existing[0].version
-    else:
-        uri = runs[0].data.tags[MODEL_URI_TAG]
-        number = mlflow.register_model(uri, name, tags={MODEL_MD5_TAG: weights_md5}).version
-    for key, value in tags.items():
-        client.set_model_version_tag(name, number, key, value)
-    return Version(name, str(number), {**client.get_model_version(name, number).tags})
+    return runs[0].data.tags.get(MODEL_URI_TAG) if runs else None
+
+
+def find_version(name: str, weights_md5: str, fmt: str) -> Version | None:
+    """The version of `name` that holds these weights in format `fmt`; None when none does."""
+    for v in MlflowClient().search_model_versions(f"name = '{name}'"):
+        if (v.tags.get(MODEL_MD5_TAG) == weights_md5
+                and v.tags.get(exported.FORMAT_TAG, exported.DEFAULT_FORMAT) == fmt):  # fmt: skip
+            return Version(name, str(v.version), dict(v.tags))
+    return None
 
 
 def by_alias(name: str, alias: str) -> Version | None:
@@ -65,6 +85,21 @@ def by_alias(name: str, alias: str) -> Version | None:
 
 def set_alias(name: str, alias: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def follow_alias(name: str, alias: str, fmt: str, follower: str) -> str:
+    """Point `follower` (champion-int8) at the version of format `fmt` of the weights that
+    `alias` (champion) holds; returns the line that says what happened. Left as it was when there
+    is no such version (the weights were registered before they were exported)."""
+    leader = by_alias(name, alias)
+    if leader is None:
+        return f"{follower}: none yet ({name} has no {alias})"
+    found = find_version(name, leader.tags.get(MODEL_MD5_TAG, ""), fmt)
+    if found is None:
+        return (f"{follower} left as it was: {name} v{leader.version} (the {alias}) has no {fmt} "
+                "version; `dvc repro -f export report` exports and registers it")  # fmt: skip
+    set_alias(name, follower, found.version)
+    return f"{follower} is {name} v{found.version}, the {fmt} form of v{leader.version}"
 
 
 def get_version(name: str, version: str) -> Version:

@@ -40,6 +40,9 @@ KIND_TAG = "pipeline.kind"  # invocation, stage or model: what a run stands for
 MODEL_MD5_TAG = "model.md5"  # set by training stages: the MD5 of the saved weights file
 MODEL_URI_TAG = "model.uri"  # the models:/ URI of the model the run logged
 TRAINED_BY_TAG = "trained_by.run_id"
+# On a model's linked run (DVC took the model from its cache): the weights it stands for. Not
+# model.md5, which names the runs that wrote the weights (the registry registers their models).
+CACHED_MD5_TAG = "dvc.cached.md5"
 EPOCH_PREFIX = "epoch/"  # per-epoch curves: a section of their own in MLflow's charts
 TRAINING_PREFIX = "training/"  # what a training run adds after its last epoch (time, best epoch)
 
@@ -266,10 +269,13 @@ class StageRun:
         here = _training_run(client, self.experiment_id, weights_md5, stage, self.invocation)
         if here is not None:
             return here.info.run_id
+        linked = _linked_here(client, self, stage, weights_md5)  # by an earlier stage (evaluate)
+        if linked is not None:
+            return linked
         trained = _training_run(client, self.experiment_id, weights_md5, stage) or _training_run(
             client, self.experiment_id, weights_md5, None
         )  # by another stage (a variant renamed since), when none of this one wrote them
-        return _linked_run(client, self, stage, trained)
+        return _linked_run(client, self, stage, trained, weights_md5)
 
     def log_model_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> None:
         """A model's evaluated metrics on its run (see model_run), and who evaluated it."""
@@ -300,7 +306,19 @@ def _training_run(
     return runs[0] if runs else None
 
 
-def _linked_run(client: MlflowClient, current: StageRun, stage: str, trained) -> str:
+def _linked_here(
+    client: MlflowClient, current: StageRun, stage: str, weights_md5: str
+) -> str | None:
+    """The linked run that an earlier stage of this invocation made for these weights, if any."""
+    conditions = (f"tags.`{CACHED_MD5_TAG}` = '{weights_md5}'", f"tags.`dvc.stage` = '{stage}'",
+                  f"tags.`{INVOCATION_TAG}` = '{current.invocation}'")  # fmt: skip
+    runs = client.search_runs([current.experiment_id], filter_string=" and ".join(conditions),
+                              max_results=1)  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
+def _linked_run(client: MlflowClient, current: StageRun, stage: str, trained,
+                weights_md5: str) -> str:  # fmt: skip
     """A FINISHED run under the current parent for a model trained in an earlier invocation, with
     the params of the run that trained it and a link to it."""
     if trained is None:
@@ -314,7 +332,8 @@ def _linked_run(client: MlflowClient, current: StageRun, stage: str, trained) ->
     parent = client.get_run(current.parent_id).data.tags
     tags = {k: v for k, v in parent.items() if not k.startswith(("mlflow.", "process."))}
     tags |= {"mlflow.parentRunId": current.parent_id, KIND_TAG: "model", "dvc.stage": stage,
-             "dvc.cached": "true", "mlflow.note.content": note, **link}  # fmt: skip
+             "dvc.cached": "true", CACHED_MD5_TAG: weights_md5, "mlflow.note.content": note,
+             **link}  # fmt: skip
     run = client.create_run(current.experiment_id, run_name=stage, tags=tags)
     if trained is not None:
         params = [Param(k, v) for k, v in trained.data.params.items()]
