@@ -104,3 +104,34 @@ def test_an_earlier_store_gets_the_views_it_lacks_and_keeps_the_users_choices(tm
     assert charts["searchFilter"] == json.loads(tags[store.VIEW_TAG])["searchFilter"]
     # the view is the same on every store: a link saved from one opens the same charts on another
     assert charts == store._charts_view()
+
+
+def test_champion_int8_follows_the_champion_to_its_own_weights_int8_form(tmp_path, monkeypatch):
+    """A real SQLite registry: versions of several formats of the same weights, told apart by
+    their format tag (a version without one is PyTorch, as earlier versions registered them)."""
+    import mlflow
+
+    from pipeline import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient()
+    client.create_registered_model("student")
+
+    def version(md5: str, fmt: str | None) -> str:
+        tags = {"model.md5": md5} | ({"format": fmt} if fmt else {})
+        return str(
+            client.create_model_version("student", f"file://{tmp_path}/m", tags=tags).version
+        )
+
+    old, other_onnx = version("aaa", None), version("bbb", "onnx")
+    tracking.set_alias("student", "champion", old)
+    line = tracking.follow_alias("student", "champion", "int8", "champion-int8")
+    assert line.startswith("champion-int8 left as it was: student v1 (the champion) has no int8")
+    assert tracking.by_alias("student", "champion-int8") is None
+    onnx, int8 = version("aaa", "onnx"), version("aaa", "int8")
+    assert tracking.find_version("student", "aaa", "pytorch").version == old  # untagged: PyTorch
+    assert tracking.find_version("student", "aaa", "onnx").version == onnx != other_onnx
+    line = tracking.follow_alias("student", "champion", "int8", "champion-int8")
+    assert line == f"champion-int8 is student v{int8}, the int8 form of v{old}"
+    assert tracking.by_alias("student", "champion-int8").version == int8

@@ -97,7 +97,8 @@ def follow_alias(name: str, alias: str, fmt: str, follower: str) -> str:
     found = find_version(name, leader.tags.get(MODEL_MD5_TAG, ""), fmt)
     if found is None:
         return (f"{follower} left as it was: {name} v{leader.version} (the {alias}) has no {fmt} "
-                "version; `dvc repro -f export report` exports and registers it")  # fmt: skip
+                "version (it was registered before its export was, or by hand); a report that "
+                "picks these weights again registers it")  # fmt: skip
     set_alias(name, follower, found.version)
     return f"{follower} is {name} v{found.version}, the {fmt} form of v{leader.version}"
 
