@@ -85,3 +85,24 @@ def test_flops_per_image_are_lightnns_convolutions_and_products():
     assert export.flops_per_image(deployable(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8)) == (
         convs + linears
     )
+
+
+def test_int8_fails_the_stage_only_when_its_whole_interval_is_past_the_limit():
+    from pipeline.stages.export import QuantisationError, _accuracy_drop, _check_drop
+
+    labels = torch.zeros(1000, dtype=torch.long)
+    right, wrong = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    fp32 = right.repeat(1000, 1)
+
+    def quality(lost: int) -> dict:
+        int8 = torch.cat([wrong.repeat(lost, 1), right.repeat(1000 - lost, 1)])
+        return {"pytorch": {"test_accuracy": 1.0},
+                "int8": {"test_accuracy": 1 - lost / 1000, **_accuracy_drop(fp32, int8, labels)}}  # fmt: skip
+
+    _check_drop("kd-42", quality(25), 0.02)  # 2.5 points lost, but 2 lies inside its interval
+    _check_drop("kd-42", quality(60), None)  # no limit
+    with pytest.raises(QuantisationError) as caught:
+        _check_drop("kd-42", quality(60), 0.02)  # 6 points, the interval about [4.5, 7.5]
+    assert "\n" not in str(caught.value) and "int8 kd-42 loses 6.00% of test accuracy" in str(
+        caught.value
+    )
