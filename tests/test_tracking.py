@@ -11,14 +11,9 @@ import pytest
 from conftest import ROOT
 from mlflow.tracking import MlflowClient
 from project import write_params
+from servers import free_port
 
 from pipeline.tracking import TrackingError, check_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_refused_connection_is_named():
