@@ -12,6 +12,12 @@ from cifar_archive import make_archive
 from conftest import EXPERIMENT_FILES, ROOT, committed
 from mlflow.tracking import MlflowClient
 
+# Two of the four default variants (a student alone, one distilled), for tests whose cost grows
+# with every model (each evaluate and export) and whose point does not.
+TWO_VARIANTS = {"ce": {"method": "ce"},
+                "kd": {"method": "kd", "temperature": 2.0, "distill_weight": 0.25,
+                       "ce_weight": 0.75}}  # fmt: skip
+
 
 class Project:
     def __init__(self, path: Path):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from project import Project, copy_project
+from project import TWO_VARIANTS, Project, copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,6 @@ FAULTS_DIR = ROOT / "tests" / "faults"
 TIMED = {"reports/speed.json", "reports/comparison.md", "reports/tradeoff.png",
          "reports/export_speed.json", "reports/pareto.png",
          "metrics/teacher-42.json", "metrics/ce-42.json", "metrics/kd-42.json"}  # fmt: skip
-VARIANTS = {"ce": {"method": "ce"},
-            "kd": {"method": "kd", "temperature": 2.0, "distill_weight": 0.25, "ce_weight": 0.75}}  # fmt: skip
 TRACKING = "mlflow.tracking.client:MlflowClient.log_batch:2:mlflow"  # the call after log_params
 # Per stage: where each injected exception fires (<module>:<attribute>:<n-th call>), and the
 # folder that is made full or read-only. With 2 epochs of 7 batches, Adam's 10th step is in epoch
@@ -101,7 +99,7 @@ def project(tmp_path_factory) -> Project:
     return copy_project(tmp_path_factory.mktemp("project"),
                         tmp_path_factory.mktemp("mirror") / "cifar-10-python.tar.gz",
                         teacher__epochs=2, student__epochs=2, train__batch_size=32,
-                        variants=VARIANTS)  # fmt: skip
+                        variants=TWO_VARIANTS)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
