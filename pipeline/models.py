@@ -40,11 +40,12 @@ class Outputs(NamedTuple):
 
 
 class _ConvNet(nn.Module):
-    def __init__(self, features: nn.Sequential, flat: int, hidden: int, num_classes: int):
+    def __init__(self, features: nn.Sequential, flat: int, hidden: int, num_classes: int,
+                 dropout: float):  # fmt: skip
         super().__init__()
         self.features = features
         self.classifier = nn.Sequential(
-            nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, num_classes)
+            nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,9 +53,9 @@ class _ConvNet(nn.Module):
 
 
 class DeepNN(_ConvNet):
-    """Teacher: 1,186,986 parameters."""
+    """Teacher: 1,186,986 parameters. `dropout`: the tutorial's 0.1 before the last layer."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, dropout: float = 0.1):
         features = nn.Sequential(
             nn.Conv2d(3, 128, kernel_size=3, padding=1),
             nn.ReLU(),
@@ -67,13 +68,13 @@ class DeepNN(_ConvNet):
             nn.ReLU(),
             nn.MaxPool2d(kernel_size=2, stride=2),
         )
-        super().__init__(features, flat=2048, hidden=512, num_classes=num_classes)
+        super().__init__(features, flat=2048, hidden=512, num_classes=num_classes, dropout=dropout)
 
 
 class LightNN(_ConvNet):
-    """Student: 267,738 parameters."""
+    """Student: 267,738 parameters. `dropout`: the tutorial's 0.1 before the last layer."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, dropout: float = 0.1):
         features = nn.Sequential(
             nn.Conv2d(3, 16, kernel_size=3, padding=1),
             nn.ReLU(),
@@ -82,7 +83,7 @@ class LightNN(_ConvNet):
             nn.ReLU(),
             nn.MaxPool2d(kernel_size=2, stride=2),
         )
-        super().__init__(features, flat=1024, hidden=256, num_classes=num_classes)
+        super().__init__(features, flat=1024, hidden=256, num_classes=num_classes, dropout=dropout)
 
 
 BUILTINS: dict[str, type[nn.Module]] = {"DeepNN": DeepNN, "LightNN": LightNN}

@@ -16,6 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pipeline import losses, models
@@ -128,6 +129,7 @@ class TrainParams:
     lr: float
     device: str = "auto"  # "auto" picks CUDA when present, else CPU; or any torch device string
     precision: str = "bf16"  # or "fp32"; see README, Performance
+    processes: int = 1  # > 1: training stages run as that many ranks under torchrun (DDP)
 
     def _check(self, where: str) -> None:
         if self.precision not in PRECISIONS:
@@ -137,10 +139,27 @@ class TrainParams:
         _check_count(self.batch_size, f"{where}.batch_size")
         if self.lr <= 0:
             raise ParamsError(f"{where}.lr = {self.lr}: must be > 0")
+        self._check_processes(where)
         try:
             check_device(self.device)
         except ValueError as e:
             raise ParamsError(f"{where}.device = {self.device!r}: {e}") from None
+
+    def _check_processes(self, where: str) -> None:
+        _check_count(self.processes, f"{where}.processes")
+        if self.processes > self.batch_size:
+            raise ParamsError(f"{where}.processes = {self.processes} is more than {where}.batch_size "
+                              f"= {self.batch_size}: every rank needs a part of each batch")  # fmt: skip
+        if self.processes == 1:
+            return
+        if ":" in self.device:
+            raise ParamsError(f"{where}.device = {self.device!r} names one device, but "
+                              f"{where}.processes = {self.processes} gives each rank its own: use "
+                              "auto, cpu or cuda")  # fmt: skip
+        gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
+        if gpus and self.processes > gpus:
+            raise ParamsError(f"{where}.processes = {self.processes}: this machine has {gpus} "
+                              f"GPU(s), one per rank; set it to at most {gpus}")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,8 +11,10 @@ import os
 from tqdm import tqdm
 
 
-def bar(**kwargs) -> tqdm:
+def bar(shown: bool = True, **kwargs) -> tqdm:
     # disable=None lets tqdm switch itself off when stderr is not a terminal; CI=true (set by
     # GitHub Actions, GitLab and most runners) switches it off even on a pseudo-terminal.
-    off = True if os.environ.get("CI", "").lower() in ("1", "true", "yes") else None
+    # `shown` False: not at all (a rank other than 0 of a torchrun training).
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    off = True if ci or not shown else None
     return tqdm(disable=off, dynamic_ncols=True, **kwargs)

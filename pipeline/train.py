@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import progress
+from pipeline import distributed, progress
 from pipeline.data import Normalizer, Split, augment, batch_indices
 from pipeline.errors import UserError
 from pipeline.evaluate import accuracy, predict
@@ -186,30 +186,37 @@ def fit(
     Then `on_checkpoint` gets the loop's state; given back as `start`, training continues after
     that epoch exactly as if it had never stopped (the same weights on CPU): the state holds the
     weights, the optimizer's moments and both random streams (batch order and dropout).
+
+    Under torchrun (pipeline/distributed.py) every rank calls fit() with the same arguments, but
+    only rank 0 passes `eval_sets` and the callbacks: each rank trains on its slice of every batch,
+    and the figures it reports are summed over the ranks first.
     """
     loop = _set_up(model, train, loss_fn, config, normalize, num_classes, targets, parts)
     done = 0
     if start is not None:
         done = _restore(start, model, parts, loop.optimizer, loop.order, config.device)
-        tqdm.write(f"{desc}: resuming after epoch {done}/{config.epochs}")
+        _say(f"{desc}: resuming after epoch {done}/{config.epochs}")
     on_device = {k: Split(s.images.to(config.device), s.labels.to(config.device))
                  for k, s in (eval_sets or {}).items()}  # fmt: skip
 
     # Closed on any way out, so that an error line starts on a line of its own in a terminal.
-    with progress.bar(total=config.epochs * loop.steps, desc=desc, unit="step",
-                      initial=done * loop.steps) as bar:  # fmt: skip
+    with distributed.peers_watched(), progress.bar(
+        total=config.epochs * loop.steps, desc=desc, unit="step", initial=done * loop.steps,
+        shown=distributed.is_main(),
+    ) as bar:  # fmt: skip
         for epoch in range(done + 1, config.epochs + 1):
             started = time.perf_counter()
             metrics = _train_epoch(loop, epoch, bar)
             metrics |= _monitored(model, on_device, loop.normalize, config)
             metrics["epoch_seconds"] = time.perf_counter() - started
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            tqdm.write(f"{desc} epoch {epoch}/{config.epochs}: {shown}")
+            _say(f"{desc} epoch {epoch}/{config.epochs}: {shown}")
+            ranks = distributed.gathered(_rng_states(config.device))  # a collective: every rank
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
             if on_checkpoint is not None:
-                on_checkpoint(loop_state(epoch, model, parts, loop.optimizer, loop.order,
-                                         config.device))  # fmt: skip
+                state = loop_state(epoch, model, parts, loop.optimizer, loop.order, config.device)
+                on_checkpoint(state | ({"rank_rngs": ranks} if len(ranks) > 1 else {}))
     loop.optimizer.zero_grad(set_to_none=True)  # the returned model carries no stale gradients
     return model.to(memory_format=torch.contiguous_format)
 
@@ -232,10 +239,27 @@ def _set_up(
     if parts is not None:
         trainable += parts.to(device, memory_format=torch.channels_last).parameters()
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
-    order = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    return _Loop(model, parts, optimizer, loss_fn, targets, normalize.to(device), config, order,
+    order = torch.Generator().manual_seed(config.seed)  # the same batches on every rank
+    torch.manual_seed(config.seed + distributed.rank())  # dropout: each rank masks its own slice
+    step: nn.Module = _Step(model, parts, loss_fn)
+    if distributed.active():  # gradients averaged over the ranks, the initial weights rank 0's
+        step = nn.parallel.DistributedDataParallel(step)
+    return _Loop(model, parts, optimizer, step, targets, normalize.to(device), config, order,
                  Split(train.images.to(device), train.labels.to(device)), num_classes)  # fmt: skip
+
+
+class _Step(nn.Module):
+    """The model and the method's parts as one module whose forward is the training loss, so that
+    DistributedDataParallel syncs the gradients of both."""
+
+    def __init__(self, model: Tapped, parts: nn.Module | None, loss_fn: Callable[..., Terms]):
+        super().__init__()
+        self.model, self.parts, self.loss_fn = model, parts, loss_fn
+
+    def forward(self, x: torch.Tensor, teacher_out: Outputs | None, y: torch.Tensor,
+                ctx: Context) -> tuple[Outputs, Terms]:  # fmt: skip
+        out = self.model(x)
+        return out, self.loss_fn(out, teacher_out, y, self.parts, ctx)
 
 
 @dataclass(frozen=True)
@@ -245,7 +269,7 @@ class _Loop:
     model: Tapped
     parts: nn.Module | None
     optimizer: torch.optim.Optimizer
-    loss_fn: Callable[..., Terms]
+    step: nn.Module  # _Step, or DistributedDataParallel around it
     targets: Targets | None
     normalize: Normalizer
     config: FitConfig
@@ -271,15 +295,16 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
     for step, idx in enumerate(
         batch_indices(len(labels), config.batch_size, loop.order, device), 1
     ):
+        # Augmented whole, then sliced: every rank's batch-order stream stays in step.
         batch = augment(images[idx], loop.order) if config.augment else images[idx]
+        idx, batch, scale = _rank_slice(idx, batch)
         x, y = loop.normalize(batch).contiguous(memory_format=torch.channels_last), labels[idx]
         teacher_out = loop.targets(idx, x) if loop.targets is not None else None
         ctx = Context(epoch, idx, loop.num_classes, len(labels))
         with autocast(device, config.precision):
-            out = loop.model(x)
-            terms = loop.loss_fn(out, teacher_out, y, loop.parts, ctx)
+            out, terms = loop.step(x, teacher_out, y, ctx)
         loop.optimizer.zero_grad(set_to_none=True)
-        terms[TOTAL].backward()
+        (terms[TOTAL] * scale if scale != 1.0 else terms[TOTAL]).backward()
         loop.optimizer.step()
         bad = (first_bad == 0) & ~torch.isfinite(terms[TOTAL].detach())
         first_bad = torch.where(bad, step, first_bad)
@@ -287,6 +312,7 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
             sums[name] = sums.get(name, 0) + value.detach().float() * len(idx)
         correct += (out.logits.argmax(dim=1) == y).sum()
         bar.update()
+    sums, correct, first_bad = _over_ranks(sums, correct, first_bad)
     if (bad_step := first_bad.item()) > 0:
         raise NumericalError(
             f"the training loss became NaN or infinite at epoch {epoch}, batch {bad_step} of "
@@ -295,6 +321,42 @@ def _train_epoch(loop: _Loop, epoch: int, bar: tqdm) -> dict[str, float]:
     metrics = {f"train_{name}": (total / len(labels)).item() for name, total in sums.items()}
     metrics["train_accuracy"] = correct.item() / len(labels)
     return metrics
+
+
+def _rank_slice(idx: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This rank's part of a batch, and the factor on its loss: DDP averages the ranks'
+    gradients, so a slice counts by its size for the average to be the whole batch's mean (1.0
+    on one process, and for slices of equal size)."""
+    if not distributed.active():
+        return idx, batch, 1.0
+    mine = distributed.shard(len(idx))
+    return idx[mine], batch[mine], (mine.stop - mine.start) * distributed.world_size() / len(idx)
+
+
+def _over_ranks(
+    sums: dict[str, torch.Tensor], correct: torch.Tensor, first_bad: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """An epoch's sums and counts over every rank, and the first bad batch of any (as they are
+    on one process)."""
+    if not distributed.active():
+        return sums, correct, first_bad
+    names = sorted(sums)  # the same terms, so the same order, on every rank
+    packed = distributed.summed(torch.stack([*(sums[k].double() for k in names), correct.double()]))
+    never = torch.iinfo(torch.long).max
+    bad = distributed.smallest(torch.where(first_bad == 0, never, first_bad))
+    return (dict(zip(names, packed[:-1], strict=True)), packed[-1].long(),
+            torch.where(bad == never, 0, bad))  # fmt: skip
+
+
+def _say(line: str) -> None:
+    if distributed.is_main():
+        tqdm.write(line)
+
+
+def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's dropout streams (CPU, and CUDA when training there)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
 
 
 def _monitored(
@@ -345,7 +407,11 @@ def _restore(
         parts.load_state_dict(state["parts"])
     optimizer.load_state_dict(state["optimizer"])
     order.set_state(state["batch_order_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and state["cuda_rng"] is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    # Several ranks: each its own dropout streams (the checkpoint's key holds the world size).
+    cpu, cuda = state.get("rank_rngs", [(state["torch_rng"], state["cuda_rng"])])[
+        distributed.rank()
+    ]
+    torch.set_rng_state(cpu)
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
     return state["epoch"]

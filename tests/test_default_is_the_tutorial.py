@@ -40,7 +40,10 @@ MEASURED = ("seconds", "latency", "throughput")  # wall-clock metrics: they diff
 ADDED_PARAMS = {"data.source": "cifar10", "data.image_size": "None", "teacher.model": "DeepNN",
                 "student.model": "LightNN", "teacher_model": "DeepNN", "teacher.weights": "None",
                 "variant.student_layer": "features", "variant.teacher_layer": "features",
-                "layers": "['features']", "variant.standardize": "False"}  # fmt: skip
+                "layers": "['features']", "variant.standardize": "False",
+                "train.processes": "1", "distributed.world_size": "1",
+                "distributed.per_rank_batch_size": "64", "distributed.effective_batch_size": "64",
+                "distributed.backend": "none", "distributed.devices": "cpu"}  # fmt: skip
 # What later changes added to reports/statistics.json: Holm's adjusted p-value per comparison.
 ADDED_STATISTICS = ("p_holm",)
 

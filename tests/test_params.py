@@ -87,6 +87,15 @@ def test_defaults_and_int_to_float():
         ({**GOOD_TRAIN, "batch_size": 2.5}, r"train\.batch_size = 2\.5: expected int"),
         ({**GOOD_TRAIN, "batch_size": 0}, r"train\.batch_size = 0: must be from 1 to 2147483647"),
         ({**GOOD_TRAIN, "lr": 0}, r"train\.lr = 0\.0: must be > 0"),
+        ({**GOOD_TRAIN, "processes": 0}, r"train\.processes = 0: must be from 1 to"),
+        (
+            {**GOOD_TRAIN, "batch_size": 2, "processes": 3},
+            r"train\.processes = 3 is more than train\.batch_size = 2: every rank needs a part",
+        ),
+        (
+            {**GOOD_TRAIN, "device": "cuda:0", "processes": 2},
+            r"train\.device = 'cuda:0' names one device, but train\.processes = 2 gives each rank",
+        ),
         ([1, 2], r"train = \[1, 2\]: expected a mapping"),
     ],
 )

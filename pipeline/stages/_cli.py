@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pipeline import interrupts, params, tracking
+from pipeline import distributed, interrupts, params, tracking
 from pipeline.errors import UserError
 from pipeline.stages import _guard
 from pipeline.train import tune_allocator
@@ -37,27 +37,45 @@ def no_arguments(args: list[str]) -> None:
         raise UsageError(f"takes no arguments, got {' '.join(args)!r}; run it through dvc repro")
 
 
-def run(main: Main) -> None:
-    """Check params and the tracking store, call `main`, and exit as _guard says.
+def run(main: Main, trains: bool = False) -> None:
+    """Check params and the tracking store, call `main`, and exit as _guard says. A training stage
+    (`trains`) with train.processes > 1 starts itself that many times under torchrun instead, and
+    each rank calls `main` (pipeline/distributed.py).
 
     SIGTERM (how DVC, CI and schedulers stop a process) is turned into KeyboardInterrupt, so it
     unwinds like Ctrl-C: the MLflow run is closed as KILLED and temporary files are removed. Both
-    wait for a checkpoint write in progress (pipeline/interrupts.py).
+    wait for a checkpoint write in progress (pipeline/interrupts.py). Ranks other than 0 keep the
+    default: they hold nothing to clean up, and end at once when torchrun stops them.
     """
     args, verbose = _guard.split_verbose(sys.argv[1:])
     stage = _guard.stage_name(_module_name(main), args)
-    interrupts.install()
+    if distributed.is_main():
+        interrupts.install()
     # One line per epoch must reach a CI log when it happens, not when the buffer fills.
     sys.stdout.reconfigure(line_buffering=True)
     tune_allocator()
-    sys.exit(_guard.guarded(stage, lambda: start(main, args), verbose))
+    body = lambda: start(main, args, trains, verbose)  # noqa: E731
+    sys.exit(_guard.guarded(stage, body, verbose, quiet=distributed.quiet_status))
 
 
-def start(main: Main, args: list[str]) -> None:
+def start(main: Main, args: list[str], trains: bool = False, verbose: bool = False) -> None:
     """What each stage does first: all of params.yaml, then the tracking store, then its work."""
     p = params.load_all()
     tracking.check_store(tracking.tracking_uri(), p.mlflow.experiment)
+    if trains and p.train.processes > 1 and distributed.world_size() == 1:
+        _launch(p.train.processes, _module_name(main), [*args, *(["-v"] if verbose else [])])
+        return
     main(p, args)
+
+
+def _launch(processes: int, module: str, args: list[str]) -> None:
+    """This stage as `processes` ranks; a rank that said why it failed leaves nothing to add."""
+    try:
+        distributed.launch(processes, module, args)
+    except distributed.RankFailure as e:
+        if e.reported:
+            raise SystemExit(e.status) from None
+        raise
 
 
 def _module_name(main: Main) -> str:

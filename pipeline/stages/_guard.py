@@ -46,15 +46,26 @@ def stage_name(module: str, args: list[str]) -> str:
     return one_line(f"{name}@{'-'.join(args)}" if args else name, limit=120)
 
 
-def guarded(stage: str, body: Callable[[], None], verbose: bool, err: TextIO | None = None) -> int:
-    """Run `body`; return the process's exit status, having said in one line why it failed."""
+def guarded(
+    stage: str,
+    body: Callable[[], None],
+    verbose: bool,
+    err: TextIO | None = None,
+    quiet: Callable[[BaseException], int | None] = lambda error: None,
+) -> int:
+    """Run `body`; return the process's exit status, having said in one line why it failed, unless
+    `quiet` gives the status to end on without a line (a rank whose launcher says it)."""
     err = err or sys.stderr
     try:
         body()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as stages/_cli.py maps it
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as stages/_cli.py maps it
+        if (status := quiet(e)) is not None:
+            return status
         interrupted(stage, err)
         return INTERRUPTED
     except Exception as e:
+        if (status := quiet(e)) is not None:
+            return status
         report(stage, e, verbose, err)
         return 1
     return 0

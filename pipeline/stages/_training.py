@@ -3,6 +3,7 @@ it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import checkpoint, data, files, models, provenance, tracking
+from pipeline import checkpoint, data, distributed, files, models, provenance, tracking
 from pipeline.evaluate import accuracy, predict
 from pipeline.losses import Terms
 from pipeline.params import Params, RoleParams
@@ -86,6 +87,11 @@ def common_params(p: Params, seed: int) -> dict[str, Any]:
     }
 
 
+def training_device(p: Params) -> torch.device:
+    """Where this process trains: train.device, or under torchrun on CUDA, this rank's GPU."""
+    return distributed.rank_device(resolve_device(p.train.device))
+
+
 def model_outputs(role: str) -> files.OutputSet:
     """What a training stage writes for `role`: the weights, the final metrics, the history."""
     return files.OutputSet(
@@ -124,32 +130,43 @@ def train_and_record(
     best epoch (`last_epoch_test_accuracy`, `test_accuracy`).
     """
     outputs = model_outputs(role)
-    outputs.check()  # a folder that cannot be written must not cost a training
-    device = resolve_device(p.train.device)
+    device = training_device(p)
     normalize = data.Normalizer(p.normalize.mean, p.normalize.std)
     config = FitConfig(epochs, p.train.batch_size, p.train.lr, seed, device,
                        p.train.precision, augment)  # fmt: skip
-    monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
+    # How the training is spread (one process, or torchrun's ranks): params of the run, and part
+    # of the checkpoint's key, since a checkpoint resumes only on as many ranks.
+    run_params = run_params | {"distributed": distributed.describe(device, p.train.batch_size)}
     data_md5 = files.md5_of_file(_outputs.DATA)
     card = model_card(spec, p, ds)
     saved_to = _checkpoint(stage, role, run_params, data_md5, teaching.weights, card.code_paths)
     resumed = saved_to.load()
-    with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
-        tags = {"device": str(device), "precision": p.train.precision, "data.file_md5": data_md5}
-        run.set_tags(tags | ({"teacher_outputs": teaching.source} if teaching.source else {}))
-        epochs_of = _Recorder(run, saved_to, net.net, ds.val is not None, resumed)
-        _record_inputs(run, p, ds, resumed, epochs_of.history)
-        started = time.perf_counter()
-        fit(net, ds.train, loss_fn, config, normalize, num_classes=len(ds.classes),
-            targets=teaching.targets, parts=teaching.parts, eval_sets=monitored,
-            on_epoch=epochs_of.epoch, on_checkpoint=epochs_of.checkpoint,
-            start=resumed["loop"] if resumed else None, desc=stage)  # fmt: skip
-        summary = _summary(net.net, ds, epochs_of.best, normalize, device)
-        # The per-epoch metrics are already in the run; the evaluate stage adds the evaluated ones.
-        run.log_metrics({**summary, "seconds": time.perf_counter() - started}, prefix=TRAINING)
-        deployable = models.Classifier(net.net, normalize)
-        record_outputs(run, outputs, role, deployable, card, ds.test.images[:2], epochs_of.history,
-                       summary)  # fmt: skip
+    training = functools.partial(
+        fit, net, ds.train, loss_fn, config, normalize, num_classes=len(ds.classes),
+        targets=teaching.targets, parts=teaching.parts,
+        start=resumed["loop"] if resumed else None, desc=stage,
+    )  # fmt: skip
+    with distributed.process_group(device):
+        if not distributed.is_main():  # rank 0 records; the others train their slices with it
+            training()
+            return
+        outputs.check()  # a folder that cannot be written must not cost a training
+        with tracking.stage_run(stage, p.mlflow.experiment, run_params, p.data.md5) as run:
+            tags = {"device": str(device), "precision": p.train.precision,
+                    "data.file_md5": data_md5}  # fmt: skip
+            run.set_tags(tags | ({"teacher_outputs": teaching.source} if teaching.source else {}))
+            epochs_of = _Recorder(run, saved_to, net.net, ds.val is not None, resumed)
+            _record_inputs(run, p, ds, resumed, epochs_of.history)
+            started = time.perf_counter()
+            monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
+            training(eval_sets=monitored, on_epoch=epochs_of.epoch,
+                     on_checkpoint=epochs_of.checkpoint)  # fmt: skip
+            summary = _summary(net.net, ds, epochs_of.best, normalize, device)
+            # The per-epoch metrics are in the run already; the evaluate stage adds the evaluated.
+            run.log_metrics({**summary, "seconds": time.perf_counter() - started}, prefix=TRAINING)
+            deployable = models.Classifier(net.net, normalize)
+            record_outputs(run, outputs, role, deployable, card, ds.test.images[:2],
+                           epochs_of.history, summary)  # fmt: skip
     saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
 
 

@@ -21,9 +21,10 @@ from pipeline.stages._training import (
     common_params,
     load_dataset,
     train_and_record,
+    training_device,
 )
 from pipeline.taps import Tapped
-from pipeline.train import Targets, cached_teacher, live_teacher, resolve_device
+from pipeline.train import Targets, cached_teacher, live_teacher
 
 
 def main(p: params.Params, args: list[str]) -> None:
@@ -74,7 +75,7 @@ def main(p: params.Params, args: list[str]) -> None:
 def _teacher(p: params.Params, seed: int, ds: Dataset) -> nn.Module:
     """The trained teacher of this seed's students, on the training device."""
     role = _outputs.teacher_role(p.teacher_seed(seed))
-    return _inputs.weights(p.teacher, role, len(ds.classes)).to(resolve_device(p.train.device))
+    return _inputs.weights(p.teacher, role, len(ds.classes)).to(training_device(p))
 
 
 def _teaching(p: params.Params, variant: params.Variant, seed: int, ds: Dataset,
@@ -91,7 +92,7 @@ def teacher_targets(p: params.Params, variant: params.Variant, seed: int, ds: Da
                     teacher: nn.Module) -> tuple[Targets, str]:  # fmt: skip
     """The cached outputs of this seed's teacher; the live teacher when augmentation changes the
     images. The teacher's weights are read either way: they are part of the checkpoint's key."""
-    device = resolve_device(p.train.device)
+    device = training_device(p)
     layers = list(_networks.layers(variant, "teacher").values())
     if variant.augment:
         print("augmentation is on, so the teacher runs live on every batch (not cached)")
@@ -110,4 +111,4 @@ def _held_out(ds: Dataset) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, trains=True)

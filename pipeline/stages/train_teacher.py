@@ -72,4 +72,4 @@ def adopt(p: params.Params, seed: int, ds: Dataset, run_params: dict) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, trains=True)
