@@ -172,9 +172,11 @@ def launch(processes: int, module: str, args: list[str]) -> None:
 
     # Split the cores between the ranks (torchrun would set 1 thread each, and say so).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    # torchrun logs every start and every worker's failure at WARNING and above: the one line
-    # below says what failed.
-    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    # torchrun logs every start, stop and worker's failure at WARNING and above, on loggers of its
+    # own level (set by torch at import): the one line below says what failed.
+    for name in [*logging.root.manager.loggerDict]:
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     argv = ["--standalone", "--nnodes", "1", "--nproc-per-node", str(processes),
             "--max-restarts", "0", "--monitor-interval", "0.2",
             "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "-m", module, *args]  # fmt: skip
