@@ -27,10 +27,11 @@ SETUP = {"teacher__epochs": 3, "student__epochs": 2, "train__batch_size": 32,
          "train__precision": "fp32", "teacher__args": {"dropout": 0.0},
          "student__args": {"dropout": 0.0}}  # fmt: skip
 # How far two ranks' weights may end from one process's, as a share of how far training moved
-# them from their initial values (in L2 norm over all weights). Measured here: 0.8 % for the
-# teacher (14 Adam steps), see README, "Scaling out"; a rank training on the wrong part of each
-# batch, or on all of it, ends tens of percent away.
-DEVIATION = 0.05
+# them from their initial values (in L2 norm over all weights). Measured here (README, "Scaling
+# out"): teacher 2.5 % with two threads per process, 9.3 % with one (as the tests run it), student
+# 1.4 % and 2.5 %; the differences in the last bits grow with every Adam step. Ranks that train on
+# the same half of every batch instead of a half each end 100 % away.
+DEVIATION = 0.25
 
 
 def _project(tmp_path_factory, processes: int) -> Project:

@@ -532,7 +532,7 @@ FOUND = [
      r"data\.4: unknown key; allowed keys are url, md5, train_size, test_size, val_size, "
      "timeout_s, source, image_size$"),
     ("unknown keys null and text", lambda: replaced("train:\n", "train:\n  null: 1\n  foo: 2\n"),
-     r"train\.None: unknown key; allowed keys are batch_size, lr, device, precision$"),
+     r"train\.None: unknown key; allowed keys are batch_size, lr, device, precision, processes$"),
     ("lr = 10**400", lambda: with_values(train__lr=BIG),
      rf"train\.lr = {BIG}: expected a finite number$"),
     ("std[1] = 10**400", lambda: with_values(normalize__std=[0.229, BIG, 0.225]),
