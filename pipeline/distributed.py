@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline import interrupts
 from pipeline.errors import UserError
 
 # A worker's exit status when it stopped only because another rank ended (it printed nothing).
@@ -57,6 +58,7 @@ def peers_watched() -> Iterator[None]:
         yield
     except Exception as e:
         if active() and (isinstance(e, dist.DistError) or _peer_gone(e)):
+            interrupts.stopping()  # torchrun's SIGTERM follows: it must not break the cleanup
             raise PeerEnded(str(e)) from e
         raise
 
