@@ -155,19 +155,36 @@ def train_and_record(
             tags = {"device": str(device), "precision": p.train.precision,
                     "data.file_md5": data_md5}  # fmt: skip
             run.set_tags(tags | ({"teacher_outputs": teaching.source} if teaching.source else {}))
-            epochs_of = _Recorder(run, saved_to, net.net, ds.val is not None, resumed)
-            _record_inputs(run, p, ds, resumed, epochs_of.history)
-            started = time.perf_counter()
-            monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
-            training(eval_sets=monitored, on_epoch=epochs_of.epoch,
-                     on_checkpoint=epochs_of.checkpoint)  # fmt: skip
-            summary = _summary(net.net, ds, epochs_of.best, normalize, device)
-            # The per-epoch metrics are in the run already; the evaluate stage adds the evaluated.
-            run.log_metrics({**summary, "seconds": time.perf_counter() - started}, prefix=TRAINING)
+            history, summary = _train_recorded(run, training, p, ds, net, saved_to, resumed,
+                                               normalize, device)  # fmt: skip
             deployable = models.Classifier(net.net, normalize)
-            record_outputs(run, outputs, role, deployable, card, ds.test.images[:2],
-                           epochs_of.history, summary)  # fmt: skip
+            record_outputs(run, outputs, role, deployable, card, ds.test.images[:2], history,
+                           summary)  # fmt: skip
     saved_to.remove()  # the outputs are written and the run is FINISHED: nothing left to resume
+
+
+def _train_recorded(
+    run: tracking.StageRun,
+    training: Callable[..., nn.Module],
+    p: Params,
+    ds: Dataset,
+    net: Tapped,
+    saved_to: checkpoint.Checkpoint,
+    resumed: dict | None,
+    normalize: nn.Module,
+    device: torch.device,
+) -> tuple[list[dict], dict[str, float]]:
+    """Rank 0's training inside its run: every epoch logged and checkpointed, then what the run
+    adds after the last; returns the per-epoch history and that summary."""
+    epochs_of = _Recorder(run, saved_to, net.net, ds.val is not None, resumed)
+    _record_inputs(run, p, ds, resumed, epochs_of.history)
+    started = time.perf_counter()
+    monitored = {"val": ds.val} if ds.val is not None else {"test": ds.test}
+    training(eval_sets=monitored, on_epoch=epochs_of.epoch, on_checkpoint=epochs_of.checkpoint)
+    summary = _summary(net.net, ds, epochs_of.best, normalize, device)
+    # The per-epoch metrics are in the run already; the evaluate stage adds the evaluated ones.
+    run.log_metrics({**summary, "seconds": time.perf_counter() - started}, prefix=TRAINING)
+    return epochs_of.history, summary
 
 
 class _Recorder:
